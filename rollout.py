@@ -1,0 +1,429 @@
+"""Multi-turn tool-calling rollouts with a KV cache, safe tool execution and the loss mask.
+
+The conversation (ChatML, as in the paper's reference code):
+
+    <|im_start|>system  tools as JSON schemas, think in <think>, answer in \\boxed{}<|im_end|>
+    <|im_start|>user    question<|im_end|>
+    <|im_start|>assistant
+    <think>...</think> <tool_call>{"name": "add", "arguments": {"a": 3, "b": 4}}</tool_call>
+                                        <- generation stops here, we run the tool
+    <|im_end|>
+    <|im_start|>user
+    <tool_response>{"name": "add", "result": 7}</tool_response><|im_end|>
+    <|im_start|>assistant
+    ... \\boxed{7}<|im_end|>           <- up to max_turns assistant turns
+
+Every token is appended together with its loss-mask bit: 1 for tokens the
+model sampled (its closing <|im_end|> included), 0 for the prompt, the
+template tokens we insert and the tool responses. Tool responses are
+tokenised on their own and appended; the conversation is never re-tokenised.
+
+Generation is batched (B questions x G samples): the shared system prompt is
+run once, its KV cache repeated, and then every step feeds each row's new
+tokens (one sampled token, or a tool response) as one right-padded chunk.
+Padding holes inside the cache are masked out and positions are explicit,
+so each row sees exactly its own sequence. Finished rows leave the batch.
+
+Run `python rollout.py` for a demo on the embedded student.
+"""
+import inspect
+import json
+import math
+import re
+import signal
+import threading
+import time
+import types
+import typing
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+
+from tasks import answers_match, extract_boxed
+
+SYSTEM_PROMPT = """You are a helpful assistant that solves problems step by step with tools.
+
+You may call these tools:
+<tools>
+{tools}
+</tools>
+
+Think inside <think>...</think>. To call a tool, write
+<tool_call>{{"name": "<tool name>", "arguments": {{<arguments as JSON>}}}}</tool_call>
+and wait: the result comes back inside <tool_response>...</tool_response>.
+When you know the answer, write it as \\boxed{{answer}}."""
+
+# Bounds on tool calls: what the model writes can never hang or flood us.
+MAX_CALL_CHARS = 10_000      # a longer <tool_call> body is refused unread
+MAX_JSON_DEPTH = 20          # deeper nesting is refused before json.loads
+TOOL_TIME_LIMIT_S = 1.0      # wall-clock limit of one tool call (SIGALRM, main thread)
+MAX_RESPONSE_CHARS = 2_000   # longer tool results are cut
+
+TOOL_CALL_RE = re.compile(r"<tool_call>(.*?)</tool_call>", re.DOTALL)
+
+
+def system_prompt(schemas):
+    tools = "\n".join(json.dumps(s["function"] if "function" in s else s) for s in schemas)
+    return SYSTEM_PROMPT.format(tools=tools)
+
+
+def prompt_messages(question, schemas):
+    return [{"role": "system", "content": system_prompt(schemas)},
+            {"role": "user", "content": question}]
+
+
+# ----------------------------------------------------------------------------
+# Tool calls: parse, check, run. Every failure is a message for the model.
+
+class ToolError(Exception):
+    pass
+
+
+def _json_depth(s):
+    depth = best = 0
+    for ch in s:
+        if ch in "[{":
+            depth += 1
+            best = max(best, depth)
+        elif ch in "]}":
+            depth -= 1
+    return best
+
+
+def _finite_float(s):
+    x = float(s)
+    if not math.isfinite(x):
+        raise ToolError(f"number {s} is out of range")
+    return x
+
+
+def _no_constant(name):
+    raise ToolError(f"{name} is not a valid argument")
+
+
+def parse_tool_call(body):
+    """'{"name": .., "arguments": {..}}' -> (name, arguments); raises ToolError."""
+    if len(body) > MAX_CALL_CHARS:
+        raise ToolError(f"tool call longer than {MAX_CALL_CHARS} characters")
+    if _json_depth(body) > MAX_JSON_DEPTH:
+        raise ToolError(f"tool call nested deeper than {MAX_JSON_DEPTH} levels")
+    try:
+        call = json.loads(body, parse_float=_finite_float, parse_constant=_no_constant)
+    except ToolError:
+        raise
+    except (ValueError, RecursionError) as e:
+        raise ToolError(f"tool call is not valid JSON ({str(e)[:80]})") from None
+    if not isinstance(call, dict) or not isinstance(call.get("name"), str):
+        raise ToolError('tool call must be {"name": "<tool>", "arguments": {...}}')
+    args = call.get("arguments", {})
+    if isinstance(args, str):  # some models send arguments as a JSON string
+        try:
+            args = json.loads(args, parse_float=_finite_float, parse_constant=_no_constant)
+        except (ValueError, RecursionError):
+            raise ToolError('"arguments" is a string that is not valid JSON') from None
+    if not isinstance(args, dict):
+        raise ToolError('"arguments" must be a JSON object')
+    return call["name"], args
+
+
+def _check_type(value, hint, where):
+    """Return value converted to `hint` (int<->float where exact) or raise ToolError."""
+    origin, params = typing.get_origin(hint), typing.get_args(hint)
+    if hint is inspect.Parameter.empty or hint is typing.Any:
+        return value
+    if origin is typing.Union or isinstance(hint, types.UnionType):  # Optional[x], x | None
+        for h in params:
+            try:
+                return _check_type(value, h, where)
+            except ToolError:
+                pass
+        raise ToolError(f"{where} has the wrong type")
+    if hint is type(None):
+        if value is None:
+            return None
+        raise ToolError(f"{where} must be null")
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is float:
+        if is_number:
+            return float(value)
+        raise ToolError(f"{where} must be a number, got {type(value).__name__}")
+    if hint is int:
+        if is_number and float(value).is_integer():
+            return int(value)
+        raise ToolError(f"{where} must be an integer, got {value!r}"[:200])
+    if hint in (str, bool):
+        if type(value) is hint:
+            return value
+        raise ToolError(f"{where} must be a {hint.__name__}, got {type(value).__name__}")
+    if hint is list or origin is list:
+        if not isinstance(value, list):
+            raise ToolError(f"{where} must be a list")
+        return [_check_type(v, params[0], f"{where}[{i}]") if params else v
+                for i, v in enumerate(value)]
+    if hint is dict or origin is dict:
+        if not isinstance(value, dict):
+            raise ToolError(f"{where} must be an object")
+        return value
+    return value  # other annotations are not checked
+
+
+def bind_arguments(fn, args):
+    """Check args against fn's signature and type hints; return the converted kwargs."""
+    sig = inspect.signature(fn)
+    hints = typing.get_type_hints(fn)
+    unknown = set(args) - set(sig.parameters)
+    if unknown:
+        raise ToolError(f"unexpected argument(s) {sorted(unknown)}; "
+                        f"{fn.__name__} takes {list(sig.parameters)}")
+    kwargs = {}
+    for pname, p in sig.parameters.items():
+        if pname not in args:
+            if p.default is inspect.Parameter.empty:
+                raise ToolError(f"missing argument '{pname}'")
+            continue
+        kwargs[pname] = _check_type(args[pname], hints.get(pname, p.annotation), f"'{pname}'")
+    return kwargs
+
+
+@contextmanager
+def time_limit(seconds):
+    """Raise ToolError after `seconds` (only where SIGALRM works: the main thread)."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGALRM"):
+        yield
+        return
+
+    def on_alarm(signum, frame):
+        raise ToolError(f"tool call took longer than {seconds} s")
+    old = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def format_value(x):
+    if isinstance(x, float) and math.isfinite(x):
+        x = round(x, 4)
+        return int(x) if x.is_integer() else x
+    return x
+
+
+def execute_tool_call(body, tools):
+    """Run one <tool_call> body. Returns (tool name or None, response text); never raises."""
+    name = None
+    try:
+        name, args = parse_tool_call(body)
+        if name not in tools:
+            raise ToolError(f"unknown tool '{name}'; available: {', '.join(tools)}")
+        kwargs = bind_arguments(tools[name], args)
+        with time_limit(TOOL_TIME_LIMIT_S):
+            result = tools[name](**kwargs)
+        text = json.dumps({"name": name, "result": format_value(result)}, allow_nan=False)
+    except ToolError as e:
+        text = json.dumps({"name": name, "error": str(e)})
+    except Exception as e:  # the tool itself failed: its message is the model's feedback
+        text = json.dumps({"name": name, "error": f"{type(e).__name__}: {str(e)[:200]}"})
+    if len(text) > MAX_RESPONSE_CHARS:
+        text = json.dumps({"name": name, "error": "result too long"})
+    return name, text
+
+
+def tool_names_in(text):
+    """Names of the tools a text tries to call, valid or not (None for unparsable calls)."""
+    names = []
+    for body in TOOL_CALL_RE.findall(text):
+        try:
+            names.append(parse_tool_call(body)[0])
+        except ToolError:
+            names.append(None)
+    return names
+
+
+# ----------------------------------------------------------------------------
+# Rollouts
+
+@dataclass
+class Rollout:
+    problem: dict
+    prompt_ids: list                 # chat-template prompt tokens
+    ids: list = field(default_factory=list)    # everything after the prompt
+    mask: list = field(default_factory=list)   # 1 where the model generated ids[i]
+    turns: list = field(default_factory=list)  # text the model generated, per turn
+    tool_calls: list = field(default_factory=list)  # every tool name it tried (None: unparsable)
+    text: str = ""                   # the whole completion, tool responses included
+    answer: str = None               # last \boxed{} in the generated text
+    truncated: bool = False          # cut off by max_new_tokens / max_total_tokens
+    n_generated: int = 0
+
+    @property
+    def correct(self):
+        return answers_match(self.answer, self.problem["answer"])
+
+
+def _sample(logits, temperature, top_p):
+    """(N, V) logits -> (N,) token ids."""
+    if temperature == 0:
+        return logits.argmax(-1)
+    probs = torch.softmax(logits.float() / temperature, -1)
+    if top_p < 1.0:
+        sorted_p, idx = probs.sort(-1, descending=True)
+        drop = sorted_p.cumsum(-1) - sorted_p > top_p   # keep the smallest set reaching top_p
+        sorted_p[drop] = 0
+        probs = torch.zeros_like(probs).scatter(-1, idx, sorted_p)
+    return torch.multinomial(probs, 1).squeeze(-1)
+
+
+def common_prefix(seqs):
+    n = min(len(s) for s in seqs)
+    for i in range(n):
+        if any(s[i] != seqs[0][i] for s in seqs):
+            return i
+    return n
+
+
+def encode_prompt(tok, question, schemas):
+    text = tok.apply_chat_template(prompt_messages(question, schemas),
+                                   add_generation_prompt=True, tokenize=False)
+    return tok(text, add_special_tokens=False).input_ids
+
+
+@torch.inference_mode()
+def generate_rollouts(model, tok, problems, tools, schemas, group_size=1, max_turns=5,
+                      max_new_tokens=128, max_total_tokens=384, temperature=1.0, top_p=1.0):
+    """Sample group_size multi-turn rollouts for each problem -> list of B*G Rollouts.
+
+    Rows are ordered problem-major: rollouts[b * group_size + g].
+    """
+    from model import stop_token_ids
+    if "<|im_start|>" not in tok.get_vocab():
+        raise ValueError("rollout.py speaks ChatML (<|im_start|>): SmolLM2, Qwen2.5 and Qwen3 "
+                         "students work; this tokenizer has no <|im_start|> token")
+    dev = model.device
+    stops = set(stop_token_ids(tok, model))
+    im_end = tok.convert_tokens_to_ids("<|im_end|>")
+    encode = lambda s: tok(s, add_special_tokens=False).input_ids  # noqa: E731
+    prompts = [encode_prompt(tok, p["question"], schemas) for p in problems]
+    rows = [Rollout(p, prompts[b]) for b, p in enumerate(problems) for _ in range(group_size)]
+    N = len(rows)
+
+    # Prefill: the shared prefix once, then each row's own prompt tail as a chunk.
+    P = common_prefix(prompts)
+    if P == max(len(p) for p in prompts):  # one prompt for every row: keep one token back
+        P -= 1
+    out = model(input_ids=torch.tensor([prompts[0][:P]], device=dev), use_cache=True)
+    cache = out.cache
+    cache.batch_repeat_interleave(N)
+    n_real = torch.full((N,), P, device=dev)                  # real tokens per row so far
+    attn = torch.ones(N, P, dtype=torch.long, device=dev)     # (N, L): 0 marks holes
+    pending = [r.prompt_ids[P:] for r in rows]                # tokens each row feeds next
+    active = list(range(N))                                   # cache row k -> rows[active[k]]
+    turn_ids = [[] for _ in range(N)]
+    n_turns = [0] * N
+
+    while active:
+        # 1. feed every active row's pending tokens as one right-padded chunk
+        width = max(len(pending[i]) for i in active)
+        chunk = torch.full((len(active), width), tok.pad_token_id, device=dev)
+        cmask = torch.zeros(len(active), width, dtype=torch.long, device=dev)
+        for k, i in enumerate(active):
+            chunk[k, :len(pending[i])] = torch.tensor(pending[i], device=dev)
+            cmask[k, :len(pending[i])] = 1
+        attn = torch.cat([attn, cmask], 1)
+        pos = n_real[:, None] + torch.arange(width, device=dev)[None]       # (n, width)
+        logits = model(input_ids=chunk, attention_mask=attn, position_ids=pos,
+                       cache=cache, use_cache=True).logits                    # (n, width, V)
+        last = cmask.sum(1) - 1
+        n_real = n_real + cmask.sum(1)
+        next_ids = _sample(logits[torch.arange(len(active)), last], temperature, top_p).tolist()
+
+        # 2. append each sampled token (mask 1); end turns; run tools
+        keep = []
+        for k, i in enumerate(active):
+            r, t = rows[i], next_ids[k]
+            r.ids.append(t); r.mask.append(1); r.n_generated += 1
+            turn_ids[i].append(t)
+            pending[i] = [t]
+            turn_text = tok.decode(turn_ids[i], skip_special_tokens=True)
+            hit_eos = t in stops
+            hit_call = "</tool_call>" in tok.decode(turn_ids[i][-8:])
+            if not (hit_eos or hit_call):
+                if len(turn_ids[i]) >= max_new_tokens or r.n_generated >= max_total_tokens:
+                    r.truncated = True
+                    r.turns.append(turn_text)
+                else:
+                    keep.append(k)
+                continue
+            r.turns.append(turn_text)
+            turn_ids[i] = []
+            n_turns[i] += 1
+            calls = TOOL_CALL_RE.findall(turn_text)
+            if not calls or n_turns[i] >= max_turns:
+                continue  # final answer given (or out of turns): the row is done
+            responses = []
+            for body in calls:
+                _, response = execute_tool_call(body, tools)
+                responses.append(f"<tool_response>\n{response}\n</tool_response>")
+            closing = [] if hit_eos else [im_end]
+            template = encode("\n<|im_start|>user\n" + "\n".join(responses) +
+                              "<|im_end|>\n<|im_start|>assistant\n")
+            r.ids += closing + template
+            r.mask += [0] * (len(closing) + len(template))
+            pending[i] = [t] + closing + template
+            keep.append(k)
+
+        # 3. drop finished rows from the batch and the cache
+        if len(keep) < len(active):
+            idx = torch.tensor(keep, device=dev, dtype=torch.long)
+            if keep:
+                cache.batch_select_indices(idx)
+            attn, n_real = attn[idx], n_real[idx]
+            active = [active[k] for k in keep]
+
+    for r in rows:
+        r.text = tok.decode(r.ids, skip_special_tokens=False)
+        generated = "".join(r.turns)
+        r.answer = extract_boxed(generated)
+        r.tool_calls = tool_names_in(generated)  # executed or not (e.g. in the last turn)
+    return rows
+
+
+def main():
+    import argparse
+    from model import load_model
+    from reward import compute_reward
+    from tasks import load_suite
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default=None, help="short name, HF id, folder or run folder")
+    ap.add_argument("--suite", default="math")
+    ap.add_argument("--n", type=int, default=2, help="questions")
+    ap.add_argument("--group-size", type=int, default=2)
+    ap.add_argument("--max-new-tokens", type=int, default=96)
+    ap.add_argument("--temperature", type=float, default=0.8)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    torch.manual_seed(args.seed)
+    tok, model = load_model(args.model)
+    suite = load_suite(args.suite)
+    problems = suite.split("test")[:args.n]
+    t0 = time.time()
+    rollouts = generate_rollouts(model, tok, problems, suite.tools, suite.schemas,
+                                 group_size=args.group_size, max_new_tokens=args.max_new_tokens,
+                                 temperature=args.temperature)
+    dt = time.time() - t0
+    for i, r in enumerate(rollouts):
+        total, parts = compute_reward("mentor", r, suite)
+        print(f"\n=== rollout {i}: {r.problem['question']}\n--- gold {r.problem['answer']} "
+              f"| teacher_tools {r.problem['teacher_tools']}")
+        print(r.text)
+        print(f"--- tool calls {r.tool_calls} | answer {r.answer!r} | truncated {r.truncated} "
+              f"| mentor reward {total:.3f} {parts}")
+    n_tok = sum(r.n_generated for r in rollouts)
+    print(f"\n{len(rollouts)} rollouts, {n_tok} generated tokens in {dt:.1f} s "
+          f"({n_tok / dt:.1f} tok/s)")
+
+
+if __name__ == "__main__":
+    main()
