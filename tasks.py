@@ -154,4 +154,6 @@ def answers_match(pred, gold):
             return True
         d = _decimals(gold)  # gold written with d decimals: accept what rounds to it
         return d is not None and abs(p - g) <= 0.5 * 10 ** -d + 1e-12
+    if g is not None:
+        return False  # a numeric gold needs a number ("1,2" is not 12)
     return normalize_text(pred) == normalize_text(gold) != ""

@@ -1,0 +1,82 @@
+import pytest
+
+from tasks import SuiteError, answers_match, extract_boxed, load_suite, parse_number
+
+
+@pytest.mark.parametrize("pred,gold", [
+    ("3", "3"), ("3.0", "3"), ("3.00", "3"), ("1/2", "0.5"), ("\\frac{1}{2}", "0.5"),
+    ("$1,200", "1200"), ("1,200", "1200"), ("4.02336", "4.0234"), ("-2", "-2.0"),
+    ("The Eiffel Tower.", "eiffel tower"), ("12 ", "12"),
+])
+def test_answers_that_match(pred, gold):
+    assert answers_match(pred, gold)
+
+
+@pytest.mark.parametrize("pred,gold", [
+    ("3.4", "3"), ("4.02", "4.0234"), ("5", "3"), ("", "3"), (None, "3"), ("paris", "london"),
+    ("1,2", "12"),
+])
+def test_answers_that_do_not(pred, gold):
+    assert not answers_match(pred, gold)
+
+
+def test_extract_boxed_takes_the_last_and_handles_nesting():
+    assert extract_boxed("first \\boxed{1}, then \\boxed{\\frac{1}{2}}.") == "\\frac{1}{2}"
+    assert extract_boxed("no box here") is None
+    assert extract_boxed("\\boxed{unclosed") is None
+    assert parse_number("abc") is None
+
+
+def test_math_suite_is_well_formed_and_splits_are_disjoint(math_suite):
+    assert len(math_suite.tools) == 12
+    train, test = math_suite.split("train"), math_suite.split("test")
+    assert len(train) >= 1000 and len(test) >= 200
+    assert not {p["question"] for p in train} & {p["question"] for p in test}
+    n_ops = {len(p["solution"]) for p in train}
+    assert min(n_ops) == 1 and max(n_ops) >= 4
+
+
+def test_reference_solutions_reach_the_gold_answer(math_suite):
+    """Running each problem's tool calls through the tools reproduces its answer."""
+    from rollout import execute_tool_call
+    import json
+    for p in math_suite.problems[:300]:
+        for call in p["solution"]:
+            _, resp = execute_tool_call(json.dumps(call), math_suite.tools)
+            assert "error" not in json.loads(resp), (p, call, resp)
+        assert answers_match(str(json.loads(resp)["result"]), p["answer"]), p
+        assert set(p["teacher_tools"]) == {c["name"] for c in p["solution"]}
+
+
+def test_bring_your_own_suite(tmp_path):
+    path = tmp_path / "my_suite.py"
+    path.write_text('''
+def shout(text: str) -> str:
+    """Upper-case a text.
+
+    Args:
+        text: The text.
+    """
+    return text.upper()
+
+TOOLS = [shout]
+PROBLEMS = [{"question": f"Shout word {i}", "answer": f"WORD{i}", "teacher_tools": ["shout"]}
+            for i in range(50)]
+''')
+    suite = load_suite(str(path))
+    assert list(suite.tools) == ["shout"]
+    assert suite.schemas[0]["function"]["parameters"]["properties"]["text"]["type"] == "string"
+    assert len(suite.split("train")) + len(suite.split("test")) == 50
+    assert suite.split("test")  # the hash split puts some problems in test
+
+
+def test_bad_suites_name_the_problem(tmp_path):
+    bad = tmp_path / "bad.py"
+    bad.write_text('TOOLS = []\nPROBLEMS = [{"question": "q", "answer": "1", "teacher_tools": []},'
+                   ' {"question": "q2", "teacher_tools": []}]\n')
+    with pytest.raises(SuiteError, match=r"PROBLEMS\[1\] lacks 'answer'"):
+        load_suite(str(bad))
+    with pytest.raises(SuiteError, match="not found"):
+        load_suite(str(tmp_path / "missing.py"))
+    with pytest.raises(SuiteError, match="unknown suite"):
+        load_suite("chess")

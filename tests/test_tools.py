@@ -1,0 +1,91 @@
+"""Adversarial tool calls: each ends as an error response, quickly, never as an exception."""
+import json
+import time
+
+import pytest
+
+from rollout import execute_tool_call, parse_tool_call, ToolError
+
+
+def run(body, tools):
+    t0 = time.perf_counter()
+    name, resp = execute_tool_call(body, tools)
+    assert time.perf_counter() - t0 < 1.5
+    return name, json.loads(resp)
+
+
+def test_valid_call(math_suite):
+    name, resp = run('{"name": "multiply", "arguments": {"a": 3, "b": 4}}', math_suite.tools)
+    assert (name, resp) == ("multiply", {"name": "multiply", "result": 12})
+    assert run('{"name": "divide", "arguments": {"a": 1, "b": 3}}', math_suite.tools)[1]["result"] \
+        == 0.3333
+    # arguments sent as a JSON string are accepted
+    assert run('{"name": "add", "arguments": "{\\"a\\": 1, \\"b\\": 2}"}', math_suite.tools)[1][
+        "result"] == 3
+
+
+@pytest.mark.parametrize("body,expect", [
+    ('{"name": "add", "arguments": {"a": 1, "b": }', "not valid JSON"),
+    ("not json at all", "not valid JSON"),
+    ('["add", 1, 2]', "must be"),
+    ('{"name": "calculator", "arguments": {"a": 1}}', "unknown tool 'calculator'"),
+    ('{"name": "add", "arguments": {"a": 1}}', "missing argument 'b'"),
+    ('{"name": "add", "arguments": {"a": 1, "b": 2, "c": 3}}', "unexpected argument"),
+    ('{"name": "add", "arguments": {"a": "1", "b": 2}}', "must be a number"),
+    ('{"name": "add", "arguments": {"a": true, "b": 2}}', "must be a number"),
+    ('{"name": "power", "arguments": {"base": 10, "exponent": 1000000000}}', "too large"),
+    ('{"name": "power", "arguments": {"base": 2, "exponent": 1e308}}', "too large"),
+    ('{"name": "add", "arguments": {"a": NaN, "b": 1}}', "not a valid argument"),
+    ('{"name": "add", "arguments": {"a": Infinity, "b": 1}}', "not a valid argument"),
+    ('{"name": "add", "arguments": {"a": 1e999, "b": 1}}', "out of range"),
+    ('{"name": "divide", "arguments": {"a": 1, "b": 0}}', "division by zero"),
+    ('{"name": "sqrt", "arguments": {"x": -4}}', "negative"),
+    ('{"name": "round_number", "arguments": {"x": 1.5, "ndigits": 2.5}}', "integer"),
+    ('{"name": "multiply", "arguments": {"a": 1e10, "b": 1e10}}', "too large"),
+])
+def test_bad_calls_become_error_responses(body, expect, math_suite):
+    _, resp = run(body, math_suite.tools)
+    assert "result" not in resp and expect in resp["error"]
+
+
+def test_huge_and_deep_payloads(math_suite):
+    huge = '{"name": "add", "arguments": {"a": "' + "x" * 1_000_000 + '", "b": 1}}'
+    assert "longer than" in run(huge, math_suite.tools)[1]["error"]
+    deep = '{"name": "add", "arguments": ' + "[" * 10_000 + "]" * 10_000 + "}"
+    assert "error" in run(deep, math_suite.tools)[1]
+    deep_short = '{"name": "add", "arguments": {"a": ' + "[" * 30 + "]" * 30 + ', "b": 1}}'
+    assert "nested deeper" in run(deep_short, math_suite.tools)[1]["error"]
+    with pytest.raises(ToolError):
+        parse_tool_call("[" * 10_000)
+
+
+def test_slow_and_crashing_user_tools_are_contained():
+    def slow(x: float) -> float:
+        """Sleep.
+
+        Args:
+            x: Seconds.
+        """
+        time.sleep(x)
+        return x
+
+    def crash(x: float) -> float:
+        """Crash.
+
+        Args:
+            x: Anything.
+        """
+        raise RuntimeError("boom")
+
+    def nan(x: float) -> float:
+        """Not a number.
+
+        Args:
+            x: Anything.
+        """
+        return float("nan")
+
+    tools = {"slow": slow, "crash": crash, "nan": nan}
+    assert "longer than" in run('{"name": "slow", "arguments": {"x": 5}}', tools)[1]["error"]
+    assert "boom" in run('{"name": "crash", "arguments": {"x": 1}}', tools)[1]["error"]
+    assert "error" in run('{"name": "nan", "arguments": {"x": 1}}', tools)[1]
