@@ -19,7 +19,6 @@ import importlib.util
 import json
 import os
 import shutil
-import sys
 import tempfile
 
 import torch
@@ -154,36 +153,35 @@ def stop_token_ids(tok, model):
     return sorted(ids)
 
 
-def sequence_logprobs(model, prefix_ids, ids, attention_mask):
-    """Log-probability of every token of `ids`, each row preceded by the shared prefix.
+def sequence_logprobs(model, prefix_ids, ids, attention_mask, needed=None):
+    """Log-probability of tokens of `ids`, each row preceded by the shared prefix.
 
     Args:
         prefix_ids: (P,) tokens common to all rows (e.g. the system prompt); may be empty.
         ids: (N, T) right-padded tokens after the prefix.
         attention_mask: (N, T) 1 on real tokens, 0 on right padding.
+        needed: (N, T) positions whose log-prob is wanted (default: every real token).
     Returns:
-        (N, T) float32: logp[n, t] = log p(ids[n, t] | prefix, ids[n, :t]).
+        (N, T) float32: logp[n, t] = log p(ids[n, t] | prefix, ids[n, :t]) where needed, else 0.
     The prefix is run once at batch size 1 and its KV cache repeated N times;
-    autograd flows through the repeat, so gradients are exact.
+    autograd flows through the repeat, so gradients are exact. The vocabulary
+    projection runs only on the needed positions (the largest tensor by far).
     """
-    from transformers import DynamicCache
     N, T = ids.shape
-    P = len(prefix_ids)
-    if P == 0:
-        logits = model(input_ids=ids, attention_mask=attention_mask).logits[:, :-1]  # (N, T-1, V)
-        first = torch.zeros(N, 1, device=ids.device)  # no context for the first token: logp 0
-        lp = torch.log_softmax(logits.float(), -1).gather(-1, ids[:, 1:, None]).squeeze(-1)
-        return torch.cat([first, lp], 1)
-    out = model(input_ids=prefix_ids[None], use_cache=True)
-    cache = out.cache
-    cache.batch_repeat_interleave(N)                                     # (N, heads, P, d)
-    last_prefix_logits = out.logits[:, -1:].expand(N, 1, -1)             # predicts ids[:, 0]
-    full_mask = torch.cat([attention_mask.new_ones(N, P), attention_mask], 1)  # (N, P+T)
-    logits = model(input_ids=ids, attention_mask=full_mask, cache=cache).logits
-    logits = torch.cat([last_prefix_logits, logits[:, :-1]], 1)          # (N, T, V)
-    return token_logprobs(logits, ids)
-
-
-def token_logprobs(logits, ids):
-    """(N, T, V) logits, (N, T) ids -> (N, T) log p(ids), computed in float32."""
-    return -F.cross_entropy(logits.float().transpose(1, 2), ids, reduction="none")
+    needed = (attention_mask if needed is None else needed).bool().clone()
+    decoder, head = model.get_decoder(), model.get_output_embeddings()
+    if len(prefix_ids):
+        out = decoder(input_ids=prefix_ids[None], use_cache=True)
+        cache = getattr(out, "cache", None) or out.past_key_values
+        cache.batch_repeat_interleave(N)                                  # (N, heads, P, d)
+        first = out.last_hidden_state[:, -1:].expand(N, 1, -1)            # predicts ids[:, 0]
+        full_mask = torch.cat([attention_mask.new_ones(N, len(prefix_ids)), attention_mask], 1)
+        h = decoder(input_ids=ids, attention_mask=full_mask, cache=cache).last_hidden_state
+    else:
+        h = decoder(input_ids=ids, attention_mask=attention_mask).last_hidden_state
+        first = torch.zeros_like(h[:, :1])
+        needed[:, 0] = False                          # the first token has no context
+    h = torch.cat([first, h[:, :-1]], 1)              # (N, T, H): h[:, t] predicts ids[:, t]
+    logits = head(h[needed]).float()                  # (M, V), M = needed positions
+    lp = -F.cross_entropy(logits, ids[needed], reduction="none")         # (M,)
+    return torch.zeros(N, T, device=ids.device).index_put((needed,), lp)

@@ -63,8 +63,16 @@ MAX_RESPONSE_CHARS = 2_000   # longer tool results are cut
 TOOL_CALL_RE = re.compile(r"<tool_call>(.*?)</tool_call>", re.DOTALL)
 
 
+def compact_schema(schema):
+    """{"type": "function", "function": {...}} -> the function's name, description and
+    parameters, without the keys that carry no information here (saves ~20% tokens)."""
+    f = schema.get("function", schema)
+    params = {k: v for k, v in f.get("parameters", {}).items() if k != "type"}
+    return {"name": f["name"], "description": f.get("description", ""), "parameters": params}
+
+
 def system_prompt(schemas):
-    tools = "\n".join(json.dumps(s["function"] if "function" in s else s) for s in schemas)
+    tools = "\n".join(json.dumps(compact_schema(s)) for s in schemas)
     return SYSTEM_PROMPT.format(tools=tools)
 
 
@@ -252,6 +260,7 @@ class Rollout:
     ids: list = field(default_factory=list)    # everything after the prompt
     mask: list = field(default_factory=list)   # 1 where the model generated ids[i]
     turns: list = field(default_factory=list)  # text the model generated, per turn
+    responses: list = field(default_factory=list)  # tool responses after each turn
     tool_calls: list = field(default_factory=list)  # every tool name it tried (None: unparsable)
     text: str = ""                   # the whole completion, tool responses included
     answer: str = None               # last \boxed{} in the generated text
@@ -261,6 +270,50 @@ class Rollout:
     @property
     def correct(self):
         return answers_match(self.answer, self.problem["answer"])
+
+    def messages(self):
+        """The completion as chat messages: assistant turns and their tool responses."""
+        out = []
+        for i, turn in enumerate(self.turns):
+            out.append({"role": "assistant", "content": turn})
+            out += [{"role": "tool", "content": c} for c in
+                    (self.responses[i] if i < len(self.responses) else [])]
+        return out
+
+
+def between_turns_ids(tok, responses):
+    """Template tokens after a tool-calling turn: the tool responses as a user turn (mask 0)."""
+    text = "\n<|im_start|>user\n" + "\n".join(
+        f"<tool_response>\n{r}\n</tool_response>" for r in responses) + \
+        "<|im_end|>\n<|im_start|>assistant\n"
+    return tok(text, add_special_tokens=False).input_ids
+
+
+def trajectory_ids(tok, messages):
+    """(ids, mask) of a finished conversation after the prompt, masked as in a rollout.
+
+    `messages`: assistant turns, each tool-calling one followed by its "tool"
+    messages. Assistant text gets mask 1 (the final <|im_end|> too); the
+    <|im_end|> closing a tool-calling turn and the tool responses get 0.
+    """
+    im_end = tok.convert_tokens_to_ids("<|im_end|>")
+    ids, mask = [], []
+    i = 0
+    while i < len(messages):
+        turn = tok(messages[i]["content"], add_special_tokens=False).input_ids
+        j = i + 1
+        while j < len(messages) and messages[j]["role"] == "tool":
+            j += 1
+        responses = [m["content"] for m in messages[i + 1:j]]
+        if responses:
+            tail = [im_end] + between_turns_ids(tok, responses)
+            ids += turn + tail
+            mask += [1] * len(turn) + [0] * len(tail)
+        else:
+            ids += turn + [im_end]
+            mask += [1] * (len(turn) + 1)
+        i = j
+    return ids, mask
 
 
 def _sample(logits, temperature, top_p):
@@ -304,8 +357,8 @@ def generate_rollouts(model, tok, problems, tools, schemas, group_size=1, max_tu
     dev = model.device
     stops = set(stop_token_ids(tok, model))
     im_end = tok.convert_tokens_to_ids("<|im_end|>")
-    encode = lambda s: tok(s, add_special_tokens=False).input_ids  # noqa: E731
-    prompts = [encode_prompt(tok, p["question"], schemas) for p in problems]
+    # a problem may bring its own tools to show (BFCL entries do)
+    prompts = [encode_prompt(tok, p["question"], p.get("schemas", schemas)) for p in problems]
     rows = [Rollout(p, prompts[b]) for b, p in enumerate(problems) for _ in range(group_size)]
     N = len(rows)
 
@@ -362,13 +415,10 @@ def generate_rollouts(model, tok, problems, tools, schemas, group_size=1, max_tu
             calls = TOOL_CALL_RE.findall(turn_text)
             if not calls or n_turns[i] >= max_turns:
                 continue  # final answer given (or out of turns): the row is done
-            responses = []
-            for body in calls:
-                _, response = execute_tool_call(body, tools)
-                responses.append(f"<tool_response>\n{response}\n</tool_response>")
+            responses = [execute_tool_call(body, tools)[1] for body in calls]
+            r.responses.append(responses)
             closing = [] if hit_eos else [im_end]
-            template = encode("\n<|im_start|>user\n" + "\n".join(responses) +
-                              "<|im_end|>\n<|im_start|>assistant\n")
+            template = between_turns_ids(tok, responses)
             r.ids += closing + template
             r.mask += [0] * (len(closing) + len(template))
             pending[i] = [t] + closing + template

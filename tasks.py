@@ -25,7 +25,7 @@ import re
 import string
 from dataclasses import dataclass, field
 
-BUILTIN_SUITES = {"math": "suite_math"}
+BUILTIN_SUITES = {"math": "suite_math", "retrieval": "suite_retrieval"}
 TEST_FRACTION = 0.2  # for suites whose problems carry no "split"
 
 

@@ -2,7 +2,7 @@
 import torch
 
 from model import ModelNotAvailable, load_model
-from rollout import generate_rollouts
+from rollout import between_turns_ids, generate_rollouts
 
 CALL = '<think>Multiply.</think><tool_call>{"name": "multiply", "arguments": {"a": 6, "b": 7}}</tool_call>'
 
@@ -47,12 +47,14 @@ def test_tool_call_is_executed_and_its_response_is_masked(student, math_suite):
                              group_size=1, max_new_tokens=40, max_total_tokens=80, temperature=0)
     assert r.tool_calls[0] == "multiply"
     assert r.ids[:len(script)] == script and r.mask[:len(script)] == [1] * len(script)
-    masked = tok.decode([t for t, m in zip(r.ids, r.mask) if m == 0])
-    generated = tok.decode([t for t, m in zip(r.ids, r.mask) if m == 1])
-    assert '<tool_response>\n{"name": "multiply", "result": 42}\n</tool_response>' in masked
-    assert "<tool_response>" not in generated
+    # right after </tool_call>: the <|im_end|> we insert and the tool response, all mask 0
+    tail = [tok.convert_tokens_to_ids("<|im_end|>")] + \
+        between_turns_ids(tok, ['{"name": "multiply", "result": 42}'])
+    k = len(script)
+    assert r.ids[k:k + len(tail)] == tail and r.mask[k:k + len(tail)] == [0] * len(tail)
+    assert r.mask[k + len(tail)] == 1          # then the model's own next turn
+    assert "<tool_response>" in tok.decode(tail)
     assert len(r.turns) >= 2 and sum(r.mask) == r.n_generated
-    assert r.mask[len(script)] == 0  # the <|im_end|> we insert after </tool_call> is not trained
 
     # The cached, chunked generation equals a plain forward over the final sequence:
     # every token the model chose greedily after the script is the argmax there too.

@@ -1,0 +1,227 @@
+"""Evaluation in domain (math) and out of domain (retrieval QA, BFCL function calling).
+
+    python evaluate.py --model SmolLM2-135M --suite math,retrieval,bfcl --limit 50 --out base.json
+    python evaluate.py --compare base=SmolLM2-135M sft=runs/sft mentor=runs/mentor --limit 50
+
+Greedy decoding by default (--temperature > 0 samples). Metrics per suite:
+
+    accuracy          math/retrieval: last \\boxed{} equals the gold answer (tasks.answers_match);
+                      bfcl: our AST checker (bfcl.py) on the calls of the first turn
+    tool_call_rate    rollouts with at least one <tool_call>
+    valid_call_rate   calls that parse and name a real tool, over all calls
+    hallucinated_tool_rate  rollouts that name a tool that does not exist
+    mean_turns, response_tokens
+    tool_set_match    rollouts whose valid tool set S equals the teacher's T
+    tool_jsd          Jensen-Shannon divergence (base 2, in [0, 1]) between the
+                      student's and the teacher's distributions over tool names:
+                      p(name) is proportional to the number of problems whose tool
+                      set contains name, with "<none>" standing for an empty set.
+                      0 = the student uses tools exactly as often as the teacher.
+    per_category      bfcl only: accuracy per BFCL category
+"""
+import argparse
+import collections
+import json
+import math
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+
+from rollout import TOOL_CALL_RE, ToolError, generate_rollouts, parse_tool_call
+from tasks import load_suite
+
+OOD_LIMIT = None  # evaluate every problem of an out-of-domain suite unless --limit
+
+
+def jsd(p, q):
+    """Jensen-Shannon divergence (base 2) of two {name: weight} distributions (normalised here)."""
+    keys = set(p) | set(q)
+    sp, sq = sum(p.values()) or 1, sum(q.values()) or 1
+    P = np.array([p.get(k, 0) / sp for k in keys])
+    Q = np.array([q.get(k, 0) / sq for k in keys])
+    M = (P + Q) / 2
+
+    def kl(a, b):
+        nz = a > 0
+        return float(np.sum(a[nz] * np.log2(a[nz] / b[nz])))
+    return (kl(P, M) + kl(Q, M)) / 2
+
+
+def tool_distribution(tool_sets):
+    """[set of names] -> {name: number of sets containing it}, '<none>' for empty sets."""
+    c = collections.Counter()
+    for s in tool_sets:
+        c.update(s if s else ["<none>"])
+    return dict(c)
+
+
+def parsed_calls(text):
+    """[(call dict or None)] for each <tool_call> in text."""
+    out = []
+    for body in TOOL_CALL_RE.findall(text):
+        try:
+            name, args = parse_tool_call(body)
+            out.append({"name": name, "arguments": args})
+        except ToolError:
+            out.append(None)
+    return out
+
+
+def suite_problems(name, limit):
+    """(problems, tools, schemas, is_bfcl) for a suite name or path."""
+    if name == "bfcl":
+        import bfcl
+        return bfcl.load_bfcl(limit=limit), {}, [], True
+    suite = load_suite(name)
+    problems = suite.split("test") if name == "math" else suite.problems
+    return problems[:limit], suite.tools, suite.schemas, False
+
+
+def evaluate_suite(model, tok, name, limit=None, batch_size=16, temperature=0.0, max_turns=5,
+                   max_new_tokens=128, max_total_tokens=384, teacher_file=None, progress=True):
+    from tqdm import tqdm
+    problems, tools, schemas, is_bfcl = suite_problems(name, limit)
+    if teacher_file and not is_bfcl:
+        from teacher import apply_teacher_tools
+        problems = apply_teacher_tools(problems, teacher_file)
+    rollouts = []
+    for i in tqdm(range(0, len(problems), batch_size), desc=name, disable=not progress):
+        rollouts += generate_rollouts(model, tok, problems[i:i + batch_size], tools, schemas,
+                                      max_turns=1 if is_bfcl else max_turns,
+                                      max_new_tokens=max_new_tokens,
+                                      max_total_tokens=max_total_tokens, temperature=temperature)
+    correct, calls_all, sets = [], [], []
+    for r in rollouts:
+        calls = parsed_calls("".join(r.turns))
+        calls_all.append(calls)
+        valid = tools.keys() if not is_bfcl else {s["name"] for s in r.problem["schemas"]}
+        sets.append({c["name"] for c in calls if c and c["name"] in valid})
+        if is_bfcl:
+            import bfcl
+            correct.append(None not in calls and bfcl.check(calls, r.problem))
+        else:
+            correct.append(r.correct)
+    n_calls = sum(len(c) for c in calls_all)
+    valid_names = [(tools.keys() if not is_bfcl else {s["name"] for s in r.problem["schemas"]})
+                   for r in rollouts]
+    teacher_sets = [set(r.problem["teacher_tools"]) for r in rollouts]
+    out = {
+        "n": len(rollouts),
+        "accuracy": float(np.mean(correct)),
+        "tool_call_rate": float(np.mean([bool(c) for c in calls_all])),
+        "valid_call_rate": (sum(1 for cs, v in zip(calls_all, valid_names) for c in cs
+                                if c and c["name"] in v) / n_calls) if n_calls else None,
+        "hallucinated_tool_rate": float(np.mean([any(c and c["name"] not in v for c in cs)
+                                                 for cs, v in zip(calls_all, valid_names)])),
+        "mean_turns": float(np.mean([len(r.turns) for r in rollouts])),
+        "response_tokens": float(np.mean([r.n_generated for r in rollouts])),
+        "tool_set_match": float(np.mean([s == t for s, t in zip(sets, teacher_sets)])),
+        "tool_jsd": jsd(tool_distribution(sets), tool_distribution(teacher_sets)),
+    }
+    if is_bfcl:
+        by = collections.defaultdict(list)
+        for r, c in zip(rollouts, correct):
+            by[r.problem["category"]].append(c)
+        out["per_category"] = {k: float(np.mean(v)) for k, v in by.items()}
+    return out, rollouts
+
+
+def evaluate_model(name_or_path, suites, limit=None, device=None, **kw):
+    from model import load_model
+    tok, model = load_model(name_or_path, device=device)
+    results = {}
+    for s in suites:
+        t0 = time.time()
+        results[s], _ = evaluate_suite(model, tok, s, limit=limit, **kw)
+        results[s]["seconds"] = round(time.time() - t0, 1)
+    return results
+
+
+def markdown_table(all_results, suites):
+    head = "| model | " + " | ".join(f"{s} acc" for s in suites) + " | " + \
+        " | ".join(f"{s} tool-JSD" for s in suites) + " |"
+    rows = [head, "|" + "---|" * (1 + 2 * len(suites))]
+    for name, res in all_results.items():
+        accs = " | ".join(f"{res[s]['accuracy']:.3f}" for s in suites)
+        jsds = " | ".join(f"{res[s]['tool_jsd']:.3f}" for s in suites)
+        rows.append(f"| {name} | {accs} | {jsds} |")
+    return "\n".join(rows)
+
+
+def plot(all_results, suites, out_dir):
+    """accuracy.png (bars per suite per model) and jsd_vs_accuracy.png (strategic competence)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    os.makedirs(out_dir, exist_ok=True)
+    names = list(all_results)
+    fig, ax = plt.subplots(figsize=(1.8 + 1.6 * len(suites), 3.4))
+    width = 0.8 / len(names)
+    for i, n in enumerate(names):
+        ax.bar(np.arange(len(suites)) + i * width, [all_results[n][s]["accuracy"] for s in suites],
+               width, label=n)
+    ax.set_xticks(np.arange(len(suites)) + 0.4 - width / 2, suites)
+    ax.set_ylabel("accuracy")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out_dir, "accuracy.png"), dpi=120)
+    fig, ax = plt.subplots(figsize=(4.6, 3.6))
+    for n in names:
+        xs = [all_results[n][s]["tool_jsd"] for s in suites]
+        ys = [all_results[n][s]["accuracy"] for s in suites]
+        ax.scatter(xs, ys, label=n)
+        for x, y, s in zip(xs, ys, suites):
+            ax.annotate(s, (x, y), fontsize=7)
+    ax.set_xlabel("tool-use JSD to the teacher (lower = closer)")
+    ax.set_ylabel("accuracy")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out_dir, "jsd_vs_accuracy.png"), dpi=120)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description="Evaluate students in and out of domain.")
+    ap.add_argument("--model", default=None, help="short name, HF id, folder or train.py run")
+    ap.add_argument("--compare", nargs="+", metavar="NAME=MODEL")
+    ap.add_argument("--suite", default="math,retrieval,bfcl")
+    ap.add_argument("--limit", type=int, help="problems per suite (BFCL: per category)")
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--temperature", type=float, default=0.0)
+    ap.add_argument("--max-turns", type=int, default=5)
+    ap.add_argument("--max-new-tokens", type=int, default=128)
+    ap.add_argument("--max-total-tokens", type=int, default=384)
+    ap.add_argument("--teacher", help="teacher.py JSONL whose teacher_tools take precedence")
+    ap.add_argument("--device")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", help="results JSON (default: print only)")
+    ap.add_argument("--plot-dir", default="plots")
+    args = ap.parse_args(argv)
+    torch.manual_seed(args.seed)
+    suites = args.suite.split(",")
+    kw = dict(batch_size=args.batch_size, temperature=args.temperature, max_turns=args.max_turns,
+              max_new_tokens=args.max_new_tokens, max_total_tokens=args.max_total_tokens,
+              teacher_file=args.teacher)
+    models = dict(m.split("=", 1) for m in args.compare) if args.compare else \
+        {args.model or "SmolLM2-135M": args.model}
+    from model import ModelNotAvailable
+    all_results = {}
+    for name, path in models.items():
+        try:
+            all_results[name] = evaluate_model(path, suites, args.limit, args.device, **kw)
+        except ModelNotAvailable as e:
+            sys.exit(str(e))
+        print(f"{name}: " + json.dumps(all_results[name]))
+    print(markdown_table(all_results, suites))
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump({"config": vars(args), "results": all_results}, f, indent=1)
+    if args.compare:
+        plot(all_results, suites, args.plot_dir)
+        print(f"plots: {args.plot_dir}/accuracy.png {args.plot_dir}/jsd_vs_accuracy.png")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,136 @@
+"""evaluate.py: JSD, the BFCL checker against the real BFCL data, the retrieval tool, a BYO suite."""
+import copy
+import math
+
+import pytest
+
+import bfcl
+from evaluate import evaluate_suite, jsd, tool_distribution
+
+# The one BFCL entry whose ground truth contradicts its own function doc:
+# `x` is declared an array of floats but the only allowed answer is the string "data['sales']".
+BFCL_INCONSISTENT = {"parallel_multiple_21"}
+
+
+def test_jsd_by_hand():
+    assert jsd({"a": 1}, {"a": 5}) == 0.0
+    assert jsd({"a": 1}, {"b": 1}) == pytest.approx(1.0)          # disjoint: maximal, base 2
+    # P = (1/2, 1/2), Q = (1, 0): M = (3/4, 1/4)
+    kl_pm = 0.5 * math.log2(0.5 / 0.75) + 0.5 * math.log2(0.5 / 0.25)
+    kl_qm = math.log2(1 / 0.75)
+    assert jsd({"a": 1, "b": 1}, {"a": 2}) == pytest.approx((kl_pm + kl_qm) / 2)
+    assert tool_distribution([{"add"}, set(), {"add", "divide"}]) == \
+        {"add": 2, "<none>": 1, "divide": 1}
+
+
+@pytest.fixture(scope="module")
+def bfcl_problems():
+    return bfcl.load_bfcl()
+
+
+def test_bfcl_every_ground_truth_scores_correct(bfcl_problems):
+    assert {p["category"] for p in bfcl_problems} == set(bfcl.CATEGORIES)
+    wrong = {p["id"] for p in bfcl_problems
+             if not bfcl.check(bfcl.answer_as_calls(p["ground_truth"], p["schemas"]), p)}
+    assert wrong == BFCL_INCONSISTENT
+
+
+def _perturb_value(v):
+    if isinstance(v, bool):
+        return "not a bool"
+    if isinstance(v, (int, float)):
+        return v + 12345
+    if isinstance(v, str):
+        return v + " zzz"
+    if isinstance(v, list):
+        return v + ["zzz"]
+    if isinstance(v, dict):
+        return {**v, "zzz": 1}
+    return "zzz"
+
+
+def test_bfcl_perturbations_score_wrong(bfcl_problems):
+    n = 0
+    for p in bfcl_problems:
+        if p["category"] == "irrelevance" or p["id"] in BFCL_INCONSISTENT:
+            # irrelevance: any call at all is wrong
+            if p["category"] == "irrelevance":
+                assert bfcl.check([], p)
+                assert not bfcl.check([{"name": p["schemas"][0]["name"], "arguments": {}}], p)
+            continue
+        calls = bfcl.answer_as_calls(p["ground_truth"], p["schemas"])
+        # wrong function
+        bad = copy.deepcopy(calls); bad[0]["name"] = "no_such_function"
+        assert not bfcl.check(bad, p), p["id"]
+        # extra call
+        assert not bfcl.check(calls + [copy.deepcopy(calls[0])], p), p["id"]
+        # missing required parameter
+        doc = next(s for s in p["schemas"] if s["name"] == calls[0]["name"])
+        required = [r for r in doc["parameters"].get("required", []) if r in calls[0]["arguments"]]
+        if required:
+            bad = copy.deepcopy(calls); del bad[0]["arguments"][required[0]]
+            assert not bfcl.check(bad, p), p["id"]
+        # disallowed value
+        if calls[0]["arguments"]:
+            k = next(iter(calls[0]["arguments"]))
+            bad = copy.deepcopy(calls); bad[0]["arguments"][k] = _perturb_value(bad[0]["arguments"][k])
+            assert not bfcl.check(bad, p), (p["id"], k)
+        n += 1
+    assert n > 900
+
+
+def test_bfcl_parallel_calls_match_in_any_order(bfcl_problems):
+    p = next(p for p in bfcl_problems if p["category"] == "parallel" and len(p["ground_truth"]) > 1
+             and p["ground_truth"][0] != p["ground_truth"][1])
+    calls = bfcl.answer_as_calls(p["ground_truth"], p["schemas"])
+    assert bfcl.check(calls[::-1], p)
+
+
+def test_bfcl_types_and_string_normalisation():
+    p = {"category": "simple_python", "schemas": [{"name": "f", "parameters": {
+        "type": "dict", "properties": {"x": {"type": "float"}, "city": {"type": "string"},
+                                       "n": {"type": "integer"}},
+        "required": ["x", "city"]}}],
+         "ground_truth": [{"f": {"x": [2.0], "city": ["New York, NY"], "n": ["", 3]}}]}
+    assert bfcl.check([{"name": "f", "arguments": {"x": 2, "city": "new york ny"}}], p)  # int ok for float
+    assert not bfcl.check([{"name": "f", "arguments": {"x": "2", "city": "New York, NY"}}], p)
+    assert not bfcl.check([{"name": "f", "arguments": {"x": 2.0, "city": "Boston"}}], p)
+    assert not bfcl.check([{"name": "f", "arguments": {"x": 2.0, "city": "NY", "n": 3.0}}], p)
+
+
+def test_retrieval_first_hop_is_found_for_every_question():
+    import suite_retrieval as r
+    assert 200 <= len(r.PASSAGES) and len(r.PROBLEMS) >= 100
+    for p in r.PROBLEMS:
+        first = p["hops"][0].lower()
+        hits = r.search(p["question"]).lower()
+        assert first in hits, p["question"]
+        # and the second hop is one more search away
+        assert p["hops"][1].lower() in r.search(p["hops"][0]).lower()
+        assert p["answer"].lower() in r.search(p["hops"][1]).lower()
+
+
+def test_byo_suite_through_evaluate(student, tmp_path, monkeypatch):
+    path = tmp_path / "colors.py"
+    path.write_text('''
+def mix(a: str, b: str) -> str:
+    """Mix two paint colors.
+
+    Args:
+        a: First color.
+        b: Second color.
+    """
+    return {frozenset(["red", "blue"]): "purple"}.get(frozenset([a, b]), "brown")
+
+TOOLS = [mix]
+PROBLEMS = [{"question": "What do red and blue make?", "answer": "purple", "teacher_tools": ["mix"]},
+            {"question": "What do red and green make?", "answer": "brown", "teacher_tools": ["mix"]}]
+''')
+    tok, model = student
+    res, rollouts = evaluate_suite(model, tok, str(path), max_new_tokens=16, max_total_tokens=16,
+                                   progress=False)
+    assert res["n"] == 2 and len(rollouts) == 2
+    for key in ("accuracy", "tool_call_rate", "hallucinated_tool_rate", "mean_turns",
+                "response_tokens", "tool_set_match", "tool_jsd"):
+        assert key in res
+    assert 0.0 <= res["tool_jsd"] <= 1.0

@@ -1,0 +1,105 @@
+"""The GRPO objective, pinned by hand computations on tiny tensors and a tiny random model."""
+import math
+
+import pytest
+import torch
+
+from model import sequence_logprobs
+from train import group_advantages, grpo_loss, kl_k3, masked_mean, pack, sft_loss
+
+
+def test_group_advantages_by_hand():
+    r = torch.tensor([[1.0, 0.0, 0.0, 1.0], [0.16, 0.16, 0.16, 0.16]])
+    adv = group_advantages(r, eps=0.0 + 1e-6)
+    # group 0: mean 0.5, population std 0.5 -> +-1
+    assert torch.allclose(adv[0], torch.tensor([1.0, -1.0, -1.0, 1.0]), atol=1e-5)
+    assert torch.equal(adv[1], torch.zeros(4))            # all equal: exactly 0
+    assert torch.equal(group_advantages(torch.tensor([[0.7]])), torch.zeros(1, 1))  # group of one
+
+
+def test_kl_k3_is_zero_iff_equal_and_matches_formula():
+    lp = torch.log(torch.tensor([[0.5, 0.25]]))
+    assert torch.equal(kl_k3(lp, lp), torch.zeros(1, 2))
+    ref = torch.log(torch.tensor([[0.25, 0.25]]))
+    d = math.log(0.25) - math.log(0.5)
+    assert kl_k3(lp, ref)[0, 0].item() == pytest.approx(math.exp(d) - d - 1)
+
+
+def test_clipped_loss_by_hand():
+    # two rollouts, two tokens each; second rollout's last token is masked (padding)
+    old = torch.zeros(2, 2)
+    logp = torch.tensor([[math.log(1.5), math.log(0.9)], [math.log(0.5), 0.0]])
+    adv = torch.tensor([1.0, -2.0])
+    mask = torch.tensor([[1.0, 1.0], [1.0, 0.0]])
+    loss, m = grpo_loss(logp, old, None, adv, mask, clip_eps=0.2, kl_coef=0.0)
+    # row 0: ratio 1.5 -> min(1.5, 1.2) * 1 = 1.2 ; ratio 0.9 -> min(0.9, 0.9) = 0.9
+    # row 1: ratio 0.5, A = -2 -> min(-1.0, 0.8 * -2 = -1.6) = -1.6
+    expected = -(1.2 + 0.9 - 1.6) / 3
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+    assert m["clip_frac"] == pytest.approx(2 / 3)  # 1.5 and 0.5 are outside [0.8, 1.2]
+
+
+def test_kl_term_adds_to_loss():
+    logp = torch.zeros(1, 2)
+    ref = torch.log(torch.tensor([[0.5, 1.0]]))
+    mask = torch.ones(1, 2)
+    loss, m = grpo_loss(logp, logp, ref, torch.zeros(1), mask, kl_coef=0.1)
+    d = math.log(0.5)
+    assert m["kl"] == pytest.approx((math.exp(d) - d - 1) / 2)
+    assert loss.item() == pytest.approx(0.1 * m["kl"])
+
+
+def test_masked_mean_and_sft_loss():
+    x = torch.tensor([[1.0, 2.0, 100.0]])
+    mask = torch.tensor([[1.0, 1.0, 0.0]])
+    assert masked_mean(x, mask).item() == 1.5
+    assert sft_loss(-x, mask).item() == 1.5
+    assert masked_mean(x, torch.zeros_like(x)).item() == 0.0
+
+
+def _batch(tiny_model):
+    torch.manual_seed(1)
+    prompt = [5, 6, 7, 8]
+    seqs = [(prompt + [9], [10, 11, 12, 13], [1, 1, 0, 1]),
+            (prompt + [14, 15], [16, 17, 18], [1, 0, 1])]
+    return pack(seqs, 0, "cpu")
+
+
+def test_equal_rewards_give_zero_policy_gradient(tiny_model):
+    prefix, tokens, attn, mask = _batch(tiny_model)
+    logp = sequence_logprobs(tiny_model, prefix, tokens, attn)
+    adv = group_advantages(torch.tensor([[0.3, 0.3]])).flatten()
+    loss, _ = grpo_loss(logp, logp.detach(), None, adv, mask, kl_coef=0.0)
+    loss.backward()
+    assert all(p.grad is None or torch.count_nonzero(p.grad) == 0 for p in tiny_model.parameters())
+
+
+def test_masked_tokens_get_no_gradient(tiny_model):
+    """Changing a masked token's log-prob target changes nothing in the gradient."""
+    prefix, tokens, attn, mask = _batch(tiny_model)
+    assert mask[0].tolist() == [0, 1, 1, 0, 1]  # the prompt tail [9] is masked too
+    logp = sequence_logprobs(tiny_model, prefix, tokens, attn)
+    weights = torch.randn_like(logp)
+    grads = []
+    for scale_masked in (1.0, 1000.0):
+        w = torch.where(mask.bool(), weights, weights * scale_masked)
+        tiny_model.zero_grad()
+        (masked_mean(logp * w, mask)).backward(retain_graph=True)
+        grads.append(torch.cat([p.grad.flatten() for p in tiny_model.parameters()]))
+    assert torch.allclose(grads[0], grads[1])
+    # and the loss itself ignores them: per-token gradient is zero where mask == 0
+    lp = logp.detach().requires_grad_(True)
+    loss, _ = grpo_loss(lp, lp.detach(), lp.detach() - 0.1, torch.tensor([1.0, -1.0]), mask)
+    loss.backward()
+    assert torch.equal(lp.grad[mask == 0], torch.zeros(int((mask == 0).sum())))
+    assert torch.all(lp.grad[mask == 1] != 0)
+
+
+def test_shared_prefix_logprobs_equal_a_plain_forward(tiny_model):
+    prefix, tokens, attn, _ = _batch(tiny_model)
+    lp = sequence_logprobs(tiny_model, prefix, tokens, attn)
+    full = torch.cat([prefix.expand(2, -1), tokens], 1)
+    fattn = torch.cat([torch.ones(2, len(prefix), dtype=torch.long), attn], 1)
+    logits = tiny_model(input_ids=full, attention_mask=fattn).logits
+    ref = torch.log_softmax(logits[:, len(prefix) - 1:-1], -1).gather(-1, tokens[..., None])[..., 0]
+    assert torch.allclose(lp[attn.bool()], ref[attn.bool()], atol=1e-5)

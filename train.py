@@ -1,0 +1,404 @@
+"""GRPO with MENTOR's teacher-guided reward, plus sparse-RL and SFT baselines, by hand.
+
+    python train.py                                   # embedded SmolLM2-135M, CPU, < 15 min
+    python train.py --student Qwen2.5-0.5B            # one GPU, bf16
+    python train.py --reward sparse                   # sparse-reward RL baseline
+    python train.py --method sft --steps 100          # SFT on teacher trajectories
+    python train.py --resume --out runs/mentor        # continue a killed run
+
+One GRPO step (PAPER.md, "The method"):
+  1. sample batch_size training questions, group_size rollouts each (rollout.py);
+  2. score every rollout with the reward (reward.py) -> r of shape (B, G);
+  3. A = (r - mean_group) / (std_group + eps), the same for every token of a rollout;
+  4. loss = token mean over generated tokens of
+         -min(ratio * A, clip(ratio, 1 - clip_eps, 1 + clip_eps) * A) + kl_coef * k3(ref, pi)
+     where ratio = pi / pi_rollout and tool-response tokens are masked out.
+
+Cold start: a 135M student given the tool prompt calls no tool and boxes no
+answer, so every rollout earns the same reward and GRPO has no signal. The
+default pipeline therefore gives RL a short SFT warm start on the teacher's
+trajectories (--warmup-sft-steps), and the frozen KL reference is the policy
+after that warm start. Instruct students that already call tools (Qwen2.5)
+start RL directly (their preset has no warm start).
+"""
+import argparse
+import copy
+import json
+import os
+import random
+import sys
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from model import CHECKPOINT_FILE, DEFAULT_STUDENT, load_model, sequence_logprobs
+from reward import compute_reward
+from rollout import common_prefix, encode_prompt, generate_rollouts, trajectory_ids
+from tasks import load_suite
+
+
+@dataclass
+class Config:
+    student: str = DEFAULT_STUDENT
+    method: str = "grpo"            # grpo | sft
+    reward: str = "mentor"          # mentor | sparse | partial | no_tool_match | f1
+    suite: str = "math"
+    teacher: str = "reference"      # trajectory JSONL from teacher.py, or 'reference' (offline solver)
+    init: str = None                # start from this run folder (e.g. a shared SFT warm start)
+    steps: int = 3                  # GRPO (or SFT) steps after the warm start
+    warmup_sft_steps: int = 6       # SFT steps on teacher trajectories before RL (cold start)
+    batch_size: int = 2             # questions per step (SFT: trajectories per step)
+    sft_batch_size: int = 8
+    group_size: int = 4             # G rollouts per question
+    lr: float = 1e-5
+    sft_lr: float = 1e-4
+    clip_eps: float = 0.2
+    kl_coef: float = 0.001
+    ppo_epochs: int = 1             # 1: ratio == 1, on-policy GRPO
+    max_turns: int = 5
+    max_new_tokens: int = 64        # per assistant turn
+    max_total_tokens: int = 192     # generated tokens per rollout, all turns
+    temperature: float = 1.0
+    micro_batch: int = 4            # rows per forward/backward (memory)
+    eval_n: int = 16                # held-out problems for before/after accuracy
+    save_every: int = 2
+    seed: int = 0
+    out: str = "runs/default"
+    device: str = None
+    resume: bool = False
+
+
+# Settings suited to one GPU for the Qwen students (the paper starts them without a warm start).
+GPU_PRESET = dict(warmup_sft_steps=0, steps=200, batch_size=16, group_size=8, lr=1e-6,
+                  max_new_tokens=512, max_total_tokens=1536, micro_batch=16, eval_n=200)
+
+
+# ----------------------------------------------------------------------------
+# The objective: small pure functions. N rollouts, T tokens after the prompt.
+
+def masked_mean(x, mask):
+    """Mean of x over positions where mask == 1 (0 if there are none)."""
+    return (x * mask).sum() / mask.sum().clamp(min=1)
+
+
+def group_advantages(rewards, eps=1e-6):
+    """(B, G) rewards -> (B, G) advantages (r - mean) / (std + eps) within each group.
+
+    std is the population std (unbiased=False): a group whose rewards are all
+    equal (or a group of one) gets advantage exactly 0, so no policy gradient.
+    """
+    mean = rewards.mean(1, keepdim=True)                  # (B, 1)
+    std = rewards.std(1, unbiased=False, keepdim=True)    # (B, 1)
+    return (rewards - mean) / (std + eps)
+
+
+def kl_k3(logp, ref_logp):
+    """(N, T) per-token k3 estimate of KL(pi || ref): exp(ref - logp) - (ref - logp) - 1 >= 0."""
+    d = ref_logp - logp
+    return torch.exp(d) - d - 1
+
+
+def grpo_loss(logp, old_logp, ref_logp, advantages, mask, clip_eps=0.2, kl_coef=0.001):
+    """Clipped GRPO surrogate + k3 KL, averaged over all generated tokens of the batch.
+
+    Args:
+        logp:       (N, T) log pi_theta(token), with grad
+        old_logp:   (N, T) log pi at rollout time (no grad)
+        ref_logp:   (N, T) log pi_ref, or None when kl_coef == 0
+        advantages: (N,)   one advantage per rollout, broadcast over its tokens
+        mask:       (N, T) 1 on tokens the model generated, 0 on prompt, tool responses, padding
+    Returns:
+        loss (scalar, token mean), metrics dict
+    """
+    ratio = torch.exp(logp - old_logp)                                     # (N, T)
+    A = advantages[:, None]                                                # (N, 1)
+    surrogate = torch.min(ratio * A, ratio.clamp(1 - clip_eps, 1 + clip_eps) * A)
+    per_token = -surrogate                                                 # (N, T)
+    kl = kl_k3(logp, ref_logp) if ref_logp is not None else torch.zeros_like(logp)
+    per_token = per_token + kl_coef * kl
+    clipped = ((ratio - 1).abs() > clip_eps).float()
+    return masked_mean(per_token, mask), {"kl": masked_mean(kl, mask).item(),
+                                          "clip_frac": masked_mean(clipped, mask).item()}
+
+
+def sft_loss(logp, mask):
+    """Next-token NLL on the teacher's generated tokens only (token mean)."""
+    return masked_mean(-logp, mask)
+
+
+# ----------------------------------------------------------------------------
+# Batches
+
+def pack(seqs, pad_id, device):
+    """[(prompt_ids, ids, mask)] -> shared prefix (P,), tokens (N, T), attention (N, T), loss mask (N, T).
+
+    The prefix is the part of the prompt every row shares (the system prompt);
+    the rest of each prompt gets loss mask 0.
+    """
+    P = common_prefix([p for p, _, _ in seqs])
+    rows = [(p[P:] + ids, [0] * (len(p) - P) + m) for p, ids, m in seqs]
+    T = max(len(r) for r, _ in rows)
+    tokens = torch.full((len(rows), T), pad_id, dtype=torch.long)
+    attn = torch.zeros(len(rows), T, dtype=torch.long)
+    loss_mask = torch.zeros(len(rows), T)
+    for i, (r, m) in enumerate(rows):
+        tokens[i, :len(r)], attn[i, :len(r)], loss_mask[i, :len(m)] = \
+            torch.tensor(r), 1, torch.tensor(m, dtype=torch.float)
+    prefix = torch.tensor(seqs[0][0][:P], dtype=torch.long)
+    return prefix.to(device), tokens.to(device), attn.to(device), loss_mask.to(device)
+
+
+def micro_batches(seqs, size):
+    """Row indices in groups of `size`, rows of similar length together (less padding)."""
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i][0]) + len(seqs[i][1]))
+    return [order[i:i + size] for i in range(0, len(order), size)]
+
+
+# ----------------------------------------------------------------------------
+# Steps
+
+def sft_step(model, opt, tok, trajs, cfg):
+    """One optimizer step of SFT on teacher trajectories [(prompt_ids, ids, mask)] -> metrics."""
+    model.train()
+    opt.zero_grad()
+    n_tok = sum(sum(m) for _, _, m in trajs)
+    total = 0.0
+    for idx in micro_batches(trajs, cfg.micro_batch):
+        prefix, tokens, attn, mask = pack([trajs[i] for i in idx], tok.pad_token_id, model.device)
+        logp = sequence_logprobs(model, prefix, tokens, attn, needed=mask)
+        loss = sft_loss(logp, mask) * mask.sum() / n_tok    # micro-batches add up to the token mean
+        loss.backward()
+        total += loss.item()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    return {"sft_loss": total, "tokens": n_tok}
+
+
+def grpo_step(model, ref_model, opt, tok, suite, problems, cfg):
+    """Rollouts, rewards, advantages and ppo_epochs optimizer steps -> metrics."""
+    t0 = time.time()
+    model.eval()
+    rollouts = generate_rollouts(model, tok, problems, suite.tools, suite.schemas,
+                                 group_size=cfg.group_size, max_turns=cfg.max_turns,
+                                 max_new_tokens=cfg.max_new_tokens,
+                                 max_total_tokens=cfg.max_total_tokens,
+                                 temperature=cfg.temperature)
+    t_rollout = time.time() - t0
+    scored = [compute_reward(cfg.reward, r, suite) for r in rollouts]
+    rewards = torch.tensor([s for s, _ in scored]).view(len(problems), cfg.group_size)  # (B, G)
+    adv = group_advantages(rewards).flatten().to(model.device)                        # (N,)
+
+    # Pack micro-batches once; log-probs of the reference (and, for several epochs,
+    # of the rollout policy) are computed once, without grad.
+    seqs = [(r.prompt_ids, r.ids, r.mask) for r in rollouts]
+    mbs = []
+    with torch.no_grad():
+        for idx in micro_batches(seqs, cfg.micro_batch):
+            prefix, tokens, attn, mask = pack([seqs[i] for i in idx], tok.pad_token_id,
+                                              model.device)
+            ref = sequence_logprobs(ref_model, prefix, tokens, attn, mask) if ref_model else None
+            old = sequence_logprobs(model, prefix, tokens, attn, mask) if cfg.ppo_epochs > 1 \
+                else None
+            mbs.append((idx, prefix, tokens, attn, mask, ref, old))
+    n_tok = sum(mb[4].sum() for mb in mbs)
+    model.train()
+    for _ in range(cfg.ppo_epochs):
+        opt.zero_grad()
+        loss_sum, kl, clip = 0.0, 0.0, 0.0
+        for idx, prefix, tokens, attn, mask, ref, old in mbs:
+            logp = sequence_logprobs(model, prefix, tokens, attn, mask)
+            old = old if old is not None else logp.detach()   # one epoch: ratio == 1
+            loss, m = grpo_loss(logp, old, ref, adv[idx], mask, cfg.clip_eps, cfg.kl_coef)
+            w = (mask.sum() / n_tok).item()    # micro-batches add up to the token mean
+            (loss * w).backward()
+            loss_sum += loss.item() * w
+            kl += m["kl"] * w
+            clip += m["clip_frac"] * w
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+
+    parts = {}
+    for _, p in scored:
+        for k, v in p.items():
+            parts[k] = parts.get(k, 0.0) + v / len(scored)
+    n_gen = sum(r.n_generated for r in rollouts)
+    return {
+        "reward_mean": rewards.mean().item(), "reward_std": rewards.std(unbiased=False).item(),
+        **{f"reward/{k}": v for k, v in parts.items()},
+        "accuracy": float(np.mean([r.correct for r in rollouts])),
+        "tool_call_rate": float(np.mean([bool(r.tool_calls) for r in rollouts])),
+        "boxed_rate": float(np.mean([r.answer is not None for r in rollouts])),
+        "hallucinated_tool_rate": float(np.mean(
+            [any(n is not None and n not in suite.tools for n in r.tool_calls) for r in rollouts])),
+        "truncated_rate": float(np.mean([r.truncated for r in rollouts])),
+        "groups_with_signal": float((rewards.std(1) > 0).float().mean()),
+        "loss": loss_sum, "kl": kl, "clip_frac": clip,
+        "response_tokens": n_gen / len(rollouts), "rollout_tok_s": n_gen / t_rollout,
+    }
+
+
+@torch.no_grad()
+def accuracy(model, tok, suite, problems, cfg, batch=24):
+    """Greedy accuracy, tool-call rate and boxed rate on `problems`."""
+    model.eval()
+    rs = []
+    for i in range(0, len(problems), batch):
+        rs += generate_rollouts(model, tok, problems[i:i + batch], suite.tools, suite.schemas,
+                                max_turns=cfg.max_turns, max_new_tokens=cfg.max_new_tokens,
+                                max_total_tokens=cfg.max_total_tokens, temperature=0)
+    return {"accuracy": float(np.mean([r.correct for r in rs])),
+            "tool_call_rate": float(np.mean([bool(r.tool_calls) for r in rs])),
+            "boxed_rate": float(np.mean([r.answer is not None for r in rs]))}
+
+
+# ----------------------------------------------------------------------------
+# Data, checkpoints, logging
+
+def teacher_trajectories(cfg, suite, tok):
+    """[(prompt_ids, ids, mask)] of the teacher's correct trajectories on the training split."""
+    from teacher import read_cache, reference_messages
+    train = suite.split("train")
+    if cfg.teacher == "reference":
+        if not all("solution" in p for p in train):
+            sys.exit(f"suite {cfg.suite} has no reference solutions: run teacher.py and pass "
+                     f"--teacher TRAJ.jsonl")
+        pairs = [(p["question"], reference_messages(p, suite.tools)) for p in train]
+    else:
+        pairs = [(r["question"], r["messages"]) for r in read_cache(cfg.teacher) if r["solved"]]
+    if not pairs:
+        sys.exit(f"no solved teacher trajectories in {cfg.teacher}")
+    return [(encode_prompt(tok, q, suite.schemas), *trajectory_ids(tok, m)) for q, m in pairs]
+
+
+def save_checkpoint(path, model, opt, step, cfg, phase):
+    """Atomic: write a temp file in the same folder, then rename over the old checkpoint."""
+    state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
+             "phase": phase, "config": asdict(cfg),
+             "rng": {"python": random.getstate(), "numpy": np.random.get_state(),
+                     "torch": torch.get_rng_state()}}
+    tmp = path + ".tmp"
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def restore_rng(rng):
+    random.setstate(rng["python"])
+    np.random.set_state(rng["numpy"])
+    torch.set_rng_state(rng["torch"])
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    defaults = Config()
+    for name, value in asdict(defaults).items():
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, bool):
+            ap.add_argument(flag, action="store_true")
+        else:
+            kind = type(value) if value is not None else str
+            ap.add_argument(flag, type=kind, default=None)
+    args = ap.parse_args(argv)
+    given = {k: v for k, v in vars(args).items() if v not in (None, False)}
+    student = given.get("student", defaults.student)
+    preset = GPU_PRESET if student != DEFAULT_STUDENT else {}
+    return Config(**{**asdict(defaults), **preset, **given})
+
+
+def train(cfg):
+    from tqdm import tqdm
+    random.seed(cfg.seed); np.random.seed(cfg.seed); torch.manual_seed(cfg.seed)
+    os.makedirs(cfg.out, exist_ok=True)
+    ckpt_path = os.path.join(cfg.out, CHECKPOINT_FILE)
+    tok, model = load_model(cfg.init or cfg.student, device=cfg.device)
+    suite = load_suite(cfg.suite)
+    if cfg.teacher != "reference":
+        from teacher import apply_teacher_tools
+        suite.problems = apply_teacher_tools(suite.problems, cfg.teacher)
+    train_set, test_set = suite.split("train"), suite.split("test")[:cfg.eval_n]
+    with open(os.path.join(cfg.out, "run.json"), "w") as f:
+        json.dump({"student": cfg.student, **asdict(cfg)}, f, indent=1)
+
+    sft_steps = cfg.steps if cfg.method == "sft" else cfg.warmup_sft_steps
+    rl_steps = cfg.steps if cfg.method == "grpo" else 0
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.sft_lr if sft_steps else cfg.lr,
+                            weight_decay=0.0)
+    step, phase = 0, "sft" if sft_steps else "grpo"
+    if cfg.resume and os.path.exists(ckpt_path):
+        state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        model.load_state_dict(state["model"])
+        step, phase = state["step"], state["phase"]
+        if phase == "grpo":
+            for g in opt.param_groups:
+                g["lr"] = cfg.lr
+        opt.load_state_dict(state["optimizer"])
+        restore_rng(state["rng"])
+        print(f"resumed {cfg.out} at {phase} step {step}")
+    log = open(os.path.join(cfg.out, "metrics.jsonl"), "a")
+
+    before = None
+    if step == 0 and phase == ("sft" if sft_steps else "grpo"):
+        before = accuracy(model, tok, suite, test_set, cfg)
+        print(f"before: {before}")
+
+    if phase == "sft" and sft_steps:
+        trajs = teacher_trajectories(cfg, suite, tok)
+        bar = tqdm(range(step, sft_steps), desc="sft warm start" if cfg.method == "grpo" else "sft")
+        for step in bar:
+            t0 = time.time()
+            batch = random.sample(trajs, min(cfg.sft_batch_size, len(trajs)))
+            m = {"phase": "sft", "step": step + 1, **sft_step(model, opt, tok, batch, cfg),
+                 "step_time": time.time() - t0}
+            log.write(json.dumps(m) + "\n"); log.flush()
+            bar.set_postfix(loss=f"{m['sft_loss']:.3f}", s=f"{m['step_time']:.1f}")
+            if (step + 1) % cfg.save_every == 0 or step + 1 == sft_steps:
+                save_checkpoint(ckpt_path, model, opt, step + 1, cfg, "sft")
+        step, phase = 0, "grpo"
+        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
+        if rl_steps:
+            save_checkpoint(ckpt_path, model, opt, 0, cfg, "grpo")
+
+    if phase == "grpo" and rl_steps:
+        # The frozen reference is the policy RL starts from (after any warm start).
+        # It is kept on disk so that a resumed run compares against the same weights.
+        ref_model = None
+        if cfg.kl_coef > 0:
+            ref_path = os.path.join(cfg.out, "reference.pt")
+            if step == 0 or not os.path.exists(ref_path):
+                torch.save(model.state_dict(), ref_path + ".tmp")
+                os.replace(ref_path + ".tmp", ref_path)
+            ref_model = copy.deepcopy(model).requires_grad_(False).eval()
+            ref_model.load_state_dict(torch.load(ref_path, map_location=model.device))
+        bar = tqdm(range(step, rl_steps), desc=f"grpo/{cfg.reward}")
+        for step in bar:
+            t0 = time.time()
+            problems = random.sample(train_set, cfg.batch_size)
+            m = grpo_step(model, ref_model, opt, tok, suite, problems, cfg)
+            m = {"phase": "grpo", "step": step + 1, **m, "step_time": time.time() - t0}
+            log.write(json.dumps(m) + "\n"); log.flush()
+            bar.set_postfix(reward=f"{m['reward_mean']:.3f}", acc=f"{m['accuracy']:.2f}",
+                            tools=f"{m['tool_call_rate']:.2f}", s=f"{m['step_time']:.0f}")
+            if (step + 1) % cfg.save_every == 0 or step + 1 == rl_steps:
+                save_checkpoint(ckpt_path, model, opt, step + 1, cfg, "grpo")
+
+    after = accuracy(model, tok, suite, test_set, cfg)
+    result = {"before": before, "after": after, "eval_problems": len(test_set)}
+    with open(os.path.join(cfg.out, "result.json"), "w") as f:
+        json.dump(result, f, indent=1)
+    if before:
+        print(f"held-out accuracy ({len(test_set)} {cfg.suite} test problems, greedy): "
+              f"before {before['accuracy']:.3f} -> after {after['accuracy']:.3f} | "
+              f"tool-call rate {before['tool_call_rate']:.2f} -> {after['tool_call_rate']:.2f} | "
+              f"boxed rate {before['boxed_rate']:.2f} -> {after['boxed_rate']:.2f}")
+    else:
+        print(f"after: {after}")
+    return result
+
+
+if __name__ == "__main__":
+    from model import ModelNotAvailable
+    try:
+        train(parse_args())
+    except ModelNotAvailable as e:
+        sys.exit(str(e))
