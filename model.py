@@ -74,12 +74,16 @@ def _load_gguf(spec):
     """De-quantise a packaged GGUF once, keep a safetensors copy in CACHE_DIR."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
     folder, filename = _gguf_source(spec)
-    cached = os.path.join(CACHE_DIR, filename.replace(".gguf", ""))
+    cached = os.path.join(CACHE_DIR, filename.replace(".gguf", "-fp32"))
     if not os.path.exists(os.path.join(cached, "config.json")):
         tok = AutoTokenizer.from_pretrained(folder, gguf_file=filename)
         model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=filename)
-        # A GGUF-loaded model cannot save_pretrained: copy its weights into a fresh one.
-        fresh = AutoModelForCausalLM.from_config(model.config)
+        # A GGUF-loaded model cannot save_pretrained: copy its weights into a fresh one,
+        # whose config no longer claims to be quantized (the weights are plain fp32 now).
+        config = model.config
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        fresh = AutoModelForCausalLM.from_config(config)
         fresh.load_state_dict(model.state_dict())
         os.makedirs(CACHE_DIR, exist_ok=True)
         tmp = tempfile.mkdtemp(dir=CACHE_DIR)
@@ -153,30 +157,68 @@ def stop_token_ids(tok, model):
     return sorted(ids)
 
 
-def sequence_logprobs(model, prefix_ids, ids, attention_mask, needed=None):
-    """Log-probability of tokens of `ids`, each row preceded by the shared prefix.
+class Prefix:
+    """A prefix shared by every row of a batch (the system prompt), run once.
+
+    Micro-batches attach to its KV cache (repeated to their size without a
+    copy); gradients they send into it accumulate on detached leaves, and
+    backward() pushes the sum through the prefix in one pass. The result is
+    the exact gradient of a forward over the full sequences, with the prefix
+    computed once per batch instead of once per row.
+    """
+
+    def __init__(self, model, ids, detach=True):
+        from transformers import DynamicCache
+        self.new_cache = DynamicCache
+        out = model.get_decoder()(input_ids=ids[None], use_cache=True)
+        cache = getattr(out, "cache", None) or out.past_key_values
+        self.roots = [t for layer in cache.layers for t in (layer.keys, layer.values)]
+        self.roots.append(out.last_hidden_state[:, -1:])     # (1, 1, H): predicts the next token
+        # detach=False: gradients flow straight through (no backward() needed, no saving)
+        self.leaves = [r.detach().requires_grad_(r.requires_grad) for r in self.roots] if detach \
+            else self.roots
+        self.length = len(ids)
+
+    def cache(self, n):
+        c = self.new_cache()
+        kv = self.leaves[:-1]
+        for i in range(0, len(kv), 2):                        # (n, kv_heads, P, head_dim)
+            c.update(kv[i].expand(n, -1, -1, -1), kv[i + 1].expand(n, -1, -1, -1), i // 2)
+        return c
+
+    def last_hidden(self, n):
+        return self.leaves[-1].expand(n, 1, -1)
+
+    def backward(self):
+        grads = [(r, leaf.grad) for r, leaf in zip(self.roots, self.leaves)
+                 if leaf is not r and leaf.grad is not None]
+        if grads:
+            torch.autograd.backward([r for r, _ in grads], [g for _, g in grads])
+
+
+def sequence_logprobs(model, prefix, ids, attention_mask, needed=None):
+    """Log-probability of tokens of `ids`, each row preceded by a shared prefix.
 
     Args:
-        prefix_ids: (P,) tokens common to all rows (e.g. the system prompt); may be empty.
+        prefix: a Prefix (run once per batch) or (P,) token ids (run here); may be empty.
         ids: (N, T) right-padded tokens after the prefix.
         attention_mask: (N, T) 1 on real tokens, 0 on right padding.
         needed: (N, T) positions whose log-prob is wanted (default: every real token).
     Returns:
         (N, T) float32: logp[n, t] = log p(ids[n, t] | prefix, ids[n, :t]) where needed, else 0.
-    The prefix is run once at batch size 1 and its KV cache repeated N times;
-    autograd flows through the repeat, so gradients are exact. The vocabulary
-    projection runs only on the needed positions (the largest tensor by far).
+    With a (detached) Prefix, call prefix.backward() after the last
+    micro-batch's backward. The vocabulary projection runs only on the needed
+    positions (the logits are the largest tensor by far).
     """
     N, T = ids.shape
     needed = (attention_mask if needed is None else needed).bool().clone()
     decoder, head = model.get_decoder(), model.get_output_embeddings()
-    if len(prefix_ids):
-        out = decoder(input_ids=prefix_ids[None], use_cache=True)
-        cache = getattr(out, "cache", None) or out.past_key_values
-        cache.batch_repeat_interleave(N)                                  # (N, heads, P, d)
-        first = out.last_hidden_state[:, -1:].expand(N, 1, -1)            # predicts ids[:, 0]
-        full_mask = torch.cat([attention_mask.new_ones(N, len(prefix_ids)), attention_mask], 1)
-        h = decoder(input_ids=ids, attention_mask=full_mask, cache=cache).last_hidden_state
+    if not isinstance(prefix, Prefix) and len(prefix):
+        prefix = Prefix(model, prefix, detach=False)
+    if isinstance(prefix, Prefix):
+        full_mask = torch.cat([attention_mask.new_ones(N, prefix.length), attention_mask], 1)
+        h = decoder(input_ids=ids, attention_mask=full_mask, cache=prefix.cache(N)).last_hidden_state
+        first = prefix.last_hidden(N)                                    # predicts ids[:, 0]
     else:
         h = decoder(input_ids=ids, attention_mask=attention_mask).last_hidden_state
         first = torch.zeros_like(h[:, :1])

@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from model import CHECKPOINT_FILE, DEFAULT_STUDENT, load_model, sequence_logprobs
+from model import CHECKPOINT_FILE, DEFAULT_STUDENT, Prefix, load_model, sequence_logprobs
 from reward import compute_reward
 from rollout import common_prefix, encode_prompt, generate_rollouts, trajectory_ids
 from tasks import load_suite
@@ -131,13 +131,13 @@ def sft_loss(logp, mask):
 # ----------------------------------------------------------------------------
 # Batches
 
-def pack(seqs, pad_id, device):
-    """[(prompt_ids, ids, mask)] -> shared prefix (P,), tokens (N, T), attention (N, T), loss mask (N, T).
+def pack(seqs, P, pad_id, device):
+    """[(prompt_ids, ids, mask)] -> tokens (N, T), attention (N, T), loss mask (N, T).
 
-    The prefix is the part of the prompt every row shares (the system prompt);
-    the rest of each prompt gets loss mask 0.
+    The first P prompt tokens, shared by every row (the system prompt), are
+    left out (they run once, as a model.Prefix); the rest of each prompt gets
+    loss mask 0.
     """
-    P = common_prefix([p for p, _, _ in seqs])
     rows = [(p[P:] + ids, [0] * (len(p) - P) + m) for p, ids, m in seqs]
     T = max(len(r) for r, _ in rows)
     tokens = torch.full((len(rows), T), pad_id, dtype=torch.long)
@@ -146,8 +146,14 @@ def pack(seqs, pad_id, device):
     for i, (r, m) in enumerate(rows):
         tokens[i, :len(r)], attn[i, :len(r)], loss_mask[i, :len(m)] = \
             torch.tensor(r), 1, torch.tensor(m, dtype=torch.float)
-    prefix = torch.tensor(seqs[0][0][:P], dtype=torch.long)
-    return prefix.to(device), tokens.to(device), attn.to(device), loss_mask.to(device)
+    return tokens.to(device), attn.to(device), loss_mask.to(device)
+
+
+def shared_prefix(seqs, device):
+    """The prompt tokens every row shares, keeping at least one token per row after them."""
+    P = common_prefix([p for p, _, _ in seqs])
+    P = min(P, min(len(p) + len(i) for p, i, _ in seqs) - 1)
+    return torch.tensor(seqs[0][0][:P], dtype=torch.long, device=device)
 
 
 def micro_batches(seqs, size):
@@ -164,13 +170,17 @@ def sft_step(model, opt, tok, trajs, cfg):
     model.train()
     opt.zero_grad()
     n_tok = sum(sum(m) for _, _, m in trajs)
+    prefix_ids = shared_prefix(trajs, model.device)
+    prefix = Prefix(model, prefix_ids)                     # the system prompt, once per step
     total = 0.0
     for idx in micro_batches(trajs, cfg.micro_batch):
-        prefix, tokens, attn, mask = pack([trajs[i] for i in idx], tok.pad_token_id, model.device)
+        tokens, attn, mask = pack([trajs[i] for i in idx], len(prefix_ids), tok.pad_token_id,
+                                  model.device)
         logp = sequence_logprobs(model, prefix, tokens, attn, needed=mask)
         loss = sft_loss(logp, mask) * mask.sum() / n_tok    # micro-batches add up to the token mean
         loss.backward()
         total += loss.item()
+    prefix.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     opt.step()
     return {"sft_loss": total, "tokens": n_tok}
@@ -193,21 +203,26 @@ def grpo_step(model, ref_model, opt, tok, suite, problems, cfg):
     # Pack micro-batches once; log-probs of the reference (and, for several epochs,
     # of the rollout policy) are computed once, without grad.
     seqs = [(r.prompt_ids, r.ids, r.mask) for r in rollouts]
+    prefix_ids = shared_prefix(seqs, model.device)
     mbs = []
     with torch.no_grad():
+        ref_prefix = Prefix(ref_model, prefix_ids) if ref_model else None
+        old_prefix = Prefix(model, prefix_ids) if cfg.ppo_epochs > 1 else None
         for idx in micro_batches(seqs, cfg.micro_batch):
-            prefix, tokens, attn, mask = pack([seqs[i] for i in idx], tok.pad_token_id,
-                                              model.device)
-            ref = sequence_logprobs(ref_model, prefix, tokens, attn, mask) if ref_model else None
-            old = sequence_logprobs(model, prefix, tokens, attn, mask) if cfg.ppo_epochs > 1 \
+            tokens, attn, mask = pack([seqs[i] for i in idx], len(prefix_ids), tok.pad_token_id,
+                                      model.device)
+            ref = sequence_logprobs(ref_model, ref_prefix, tokens, attn, mask) if ref_model \
                 else None
-            mbs.append((idx, prefix, tokens, attn, mask, ref, old))
-    n_tok = sum(mb[4].sum() for mb in mbs)
+            old = sequence_logprobs(model, old_prefix, tokens, attn, mask) if old_prefix \
+                else None
+            mbs.append((idx, tokens, attn, mask, ref, old))
+    n_tok = sum(mb[3].sum() for mb in mbs)
     model.train()
     for _ in range(cfg.ppo_epochs):
         opt.zero_grad()
+        prefix = Prefix(model, prefix_ids)                 # the system prompt, once per pass
         loss_sum, kl, clip = 0.0, 0.0, 0.0
-        for idx, prefix, tokens, attn, mask, ref, old in mbs:
+        for idx, tokens, attn, mask, ref, old in mbs:
             logp = sequence_logprobs(model, prefix, tokens, attn, mask)
             old = old if old is not None else logp.detach()   # one epoch: ratio == 1
             loss, m = grpo_loss(logp, old, ref, adv[idx], mask, cfg.clip_eps, cfg.kl_coef)
@@ -216,6 +231,7 @@ def grpo_step(model, ref_model, opt, tok, suite, problems, cfg):
             loss_sum += loss.item() * w
             kl += m["kl"] * w
             clip += m["clip_frac"] * w
+        prefix.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
 

@@ -70,3 +70,23 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         save_checkpoint(path, model, opt, 2, Config(), "grpo")
     assert open(path, "rb").read() == good
+
+
+def test_qwen_student_gets_the_gpu_preset_and_flags_win():
+    cfg = train.parse_args(["--student", "Qwen2.5-0.5B", "--steps", "7"])
+    assert cfg.warmup_sft_steps == 0 and cfg.lr == 1e-6 and cfg.group_size == 8 and cfg.steps == 7
+    default = train.parse_args([])
+    assert default.student == "SmolLM2-135M" and default.warmup_sft_steps > 0
+
+
+def test_missing_model_is_a_one_line_error(tmp_path):
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    p = subprocess.run([sys.executable, "train.py", "--student", "Qwen2.5-0.5B",
+                        "--out", str(tmp_path / "q")], cwd=root, capture_output=True, text=True,
+                       timeout=300)
+    assert p.returncode != 0
+    last = p.stderr.strip().splitlines()[-1]
+    assert "Qwen/Qwen2.5-0.5B-Instruct" in last and "not available offline" in last
+    assert "Traceback" not in p.stderr

@@ -4,8 +4,8 @@ import math
 import pytest
 import torch
 
-from model import sequence_logprobs
-from train import group_advantages, grpo_loss, kl_k3, masked_mean, pack, sft_loss
+from model import Prefix, sequence_logprobs
+from train import group_advantages, grpo_loss, kl_k3, masked_mean, pack, sft_loss, shared_prefix
 
 
 def test_group_advantages_by_hand():
@@ -62,7 +62,8 @@ def _batch(tiny_model):
     prompt = [5, 6, 7, 8]
     seqs = [(prompt + [9], [10, 11, 12, 13], [1, 1, 0, 1]),
             (prompt + [14, 15], [16, 17, 18], [1, 0, 1])]
-    return pack(seqs, 0, "cpu")
+    prefix = shared_prefix(seqs, "cpu")
+    return (prefix, *pack(seqs, len(prefix), 0, "cpu"))
 
 
 def test_equal_rewards_give_zero_policy_gradient(tiny_model):
@@ -103,3 +104,24 @@ def test_shared_prefix_logprobs_equal_a_plain_forward(tiny_model):
     logits = tiny_model(input_ids=full, attention_mask=fattn).logits
     ref = torch.log_softmax(logits[:, len(prefix) - 1:-1], -1).gather(-1, tokens[..., None])[..., 0]
     assert torch.allclose(lp[attn.bool()], ref[attn.bool()], atol=1e-5)
+
+
+def test_prefix_run_once_gives_the_exact_gradient_over_micro_batches(tiny_model):
+    """Prefix once + two micro-batches + prefix.backward() == one plain forward/backward."""
+    prefix_ids, tokens, attn, mask = _batch(tiny_model)
+    full = torch.cat([prefix_ids.expand(2, -1), tokens], 1)
+    fattn = torch.cat([torch.ones(2, len(prefix_ids), dtype=torch.long), attn], 1)
+    fmask = torch.cat([torch.zeros(2, len(prefix_ids)), mask], 1)
+    tiny_model.zero_grad()
+    lp = sequence_logprobs(tiny_model, prefix_ids[:0], full, fattn, fmask)
+    (lp * fmask).sum().backward()
+    expected = [p.grad.clone() for p in tiny_model.parameters()]
+
+    tiny_model.zero_grad()
+    prefix = Prefix(tiny_model, prefix_ids)
+    for rows in ([0], [1]):
+        lp = sequence_logprobs(tiny_model, prefix, tokens[rows], attn[rows], mask[rows])
+        (lp * mask[rows]).sum().backward()
+    prefix.backward()
+    for g, p in zip(expected, tiny_model.parameters()):
+        assert torch.allclose(g, p.grad, atol=1e-5)

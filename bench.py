@@ -1,0 +1,235 @@
+"""Benchmark: our GRPO step and rollout against TRL's GRPOTrainer, on the same work.
+
+    make bench                                              # CPU, embedded student
+    .venv-bench/bin/python bench.py --student Qwen2.5-0.5B --device cuda
+
+Same model, questions x group size, prompt (our system prompt with the 12 tool
+schemas + a math question; --prompt short drops the tools) and completion
+length, one tool-call turn, KL on (coefficient 0.001), one PPO epoch, the same
+micro-batch. Measured, each in its own subprocess so peak memory is its own:
+
+  ours    train.grpo_step: rollout + reward + loss + optimizer step
+  trl     GRPOTrainer optimizer step (no vLLM, gradient checkpointing off as
+          in ours; TRL 1.x turns it on by default, which only slows it)
+  decode  rollout tokens/s: ours vs plain HF generate, and the memory-bandwidth
+          bound (bytes of weights read per decode step / measured bandwidth)
+
+Times are per step after one warm-up step; median and spread over --reps.
+TRL is installed only here (requirements-bench.txt, .venv-bench).
+"""
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def peak_memory_gb(device):
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated() / 1e9
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # KiB on Linux
+
+
+def problems_and_suite(args):
+    from tasks import load_suite
+    suite = load_suite("math")
+    if args.prompt == "short":
+        suite.schemas = []
+    return suite.split("train")[:args.questions], suite
+
+
+def worker_ours(args):
+    import copy
+    from model import load_model
+    from train import Config, grpo_step
+    torch.manual_seed(0)
+    tok, model = load_model(args.student, device=args.device)
+    problems, suite = problems_and_suite(args)
+    cfg = Config(batch_size=args.questions, group_size=args.group_size, max_turns=1,
+                 max_new_tokens=args.completion, max_total_tokens=args.completion,
+                 micro_batch=args.micro_batch, kl_coef=0.001, lr=1e-5)
+    ref = copy.deepcopy(model).requires_grad_(False).eval()
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
+    times = []
+    for _ in range(args.reps + 1):
+        t0 = time.perf_counter()
+        grpo_step(model, ref, opt, tok, suite, problems, cfg)
+        if model.device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return {"step_s": times[1:], "peak_gb": peak_memory_gb(model.device)}
+
+
+def worker_trl(args):
+    from datasets import Dataset
+    from transformers import TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+    from model import load_model
+    from reward import reward
+    from rollout import prompt_messages, tool_names_in
+    from tasks import answers_match, extract_boxed
+    tok, model = load_model(args.student, device=args.device)
+    problems, suite = problems_and_suite(args)
+    data = Dataset.from_list([{"prompt": prompt_messages(p["question"], suite.schemas),
+                               "gold": p["answer"], "teacher_tools": p["teacher_tools"]}
+                              for p in problems])
+
+    def mentor_reward(completions, gold, teacher_tools, **_):  # the same reward, single turn
+        out = []
+        for c, g, t in zip(completions, gold, teacher_tools):
+            text = c[0]["content"] if isinstance(c, list) else c
+            answer = extract_boxed(text)
+            out.append(reward("mentor", truncated=False, answer=answer,
+                              correct=answers_match(answer, g), called=tool_names_in(text),
+                              valid_tools=suite.tools.keys(), teacher_tools=t)[0])
+        return out
+
+    times = []
+
+    class Timer(TrainerCallback):
+        def on_step_begin(self, *a, **k):
+            self.t0 = time.perf_counter()
+
+        def on_step_end(self, *a, **k):
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - self.t0)
+
+    n = args.questions * args.group_size
+    cfg = GRPOConfig(
+        output_dir=os.path.join(HERE, "runs", "bench-trl"), report_to=[], save_strategy="no",
+        max_steps=args.reps + 1, logging_steps=1, learning_rate=1e-5, beta=0.001,
+        num_generations=args.group_size, max_completion_length=args.completion,
+        per_device_train_batch_size=args.micro_batch, gradient_accumulation_steps=n // args.micro_batch,
+        gradient_checkpointing=False, bf16=model.dtype == torch.bfloat16,
+        use_cpu=model.device.type == "cpu", temperature=1.0, num_iterations=1, seed=0)
+    trainer = GRPOTrainer(model=model, reward_funcs=[mentor_reward], args=cfg, train_dataset=data,
+                          processing_class=tok, callbacks=[Timer()])
+    trainer.train()
+    return {"step_s": times[1:], "peak_gb": peak_memory_gb(model.device)}
+
+
+def memory_bandwidth_gbs(device, n_bytes=1 << 30):
+    x = torch.empty(n_bytes // 4, dtype=torch.float32, device=device)
+    y = torch.empty_like(x)
+    best = float("inf")
+    for _ in range(5):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        y.copy_(x)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n_bytes / best / 1e9  # read + write
+
+
+def worker_decode(args):
+    from model import load_model
+    from rollout import encode_prompt, generate_rollouts
+    torch.manual_seed(0)
+    tok, model = load_model(args.student, device=args.device)
+    problems, suite = problems_and_suite(args)
+    rows = [p for p in problems for _ in range(args.group_size)]
+    out = {"rows": len(rows)}
+    ours = []
+    for _ in range(args.reps):
+        t0 = time.perf_counter()
+        rs = generate_rollouts(model, tok, problems, suite.tools, suite.schemas,
+                               group_size=args.group_size, max_turns=1,
+                               max_new_tokens=args.completion, max_total_tokens=args.completion)
+        ours.append(sum(r.n_generated for r in rs) / (time.perf_counter() - t0))
+    out["ours_tok_s"] = ours
+    prompts = [tok.decode(encode_prompt(tok, p["question"], suite.schemas)) for p in rows]
+    tok.padding_side = "left"
+    enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+    hf = []
+    with torch.inference_mode():
+        for _ in range(args.reps):
+            t0 = time.perf_counter()
+            gen = model.generate(**enc, max_new_tokens=args.completion, do_sample=True,
+                                 temperature=1.0, top_k=0, pad_token_id=tok.pad_token_id)
+            new = gen[:, enc.input_ids.shape[1]:]
+            n_tok = int((new != tok.pad_token_id).sum())
+            hf.append(n_tok / (time.perf_counter() - t0))
+    out["hf_generate_tok_s"] = hf
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    bw = memory_bandwidth_gbs(model.device)
+    out.update(weight_gb=weight_bytes / 1e9, bandwidth_gbs=bw,
+               bound_tok_s=len(rows) * bw * 1e9 / weight_bytes)
+    return out
+
+
+def run_worker(name, argv):
+    cmd = [sys.executable, os.path.join(HERE, "bench.py"), "--worker", name] + argv
+    p = subprocess.run(cmd, capture_output=True, text=True, cwd=HERE)
+    if p.returncode != 0:
+        sys.exit(f"bench worker {name} failed:\n{p.stderr[-3000:]}")
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def med(xs):
+    return statistics.median(xs), (min(xs), max(xs))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--student", default="SmolLM2-135M")
+    ap.add_argument("--device", default=None)
+    ap.add_argument("--questions", type=int, default=8)
+    ap.add_argument("--group-size", type=int, default=4)
+    ap.add_argument("--completion", type=int, default=64)
+    ap.add_argument("--micro-batch", type=int, default=8)
+    ap.add_argument("--prompt", choices=["tools", "short"], default="tools")
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--only", default="ours,trl,decode")
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    ap.add_argument("--out", default="results/bench.json")
+    args = ap.parse_args()
+    if args.worker:
+        print(json.dumps({"ours": worker_ours, "trl": worker_trl,
+                          "decode": worker_decode}[args.worker](args)))
+        return
+    argv = [a for a in sys.argv[1:]]
+    res = {"config": {k: v for k, v in vars(args).items() if k != "worker"},
+           "machine": f"{os.cpu_count()} CPU cores" + (
+               f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""),
+           "torch_threads": torch.get_num_threads()}
+    for name in args.only.split(","):
+        res[name] = run_worker(name, argv)
+        print(name, json.dumps(res[name]), flush=True)
+    lines = ["| what | median | min - max | peak memory (GB) |", "|---|---|---|---|"]
+    for name in ("ours", "trl"):
+        if name in res:
+            m, (lo, hi) = med(res[name]["step_s"])
+            lines.append(f"| {name} GRPO step (s) | {m:.1f} | {lo:.1f} - {hi:.1f} | "
+                         f"{res[name]['peak_gb']:.2f} |")
+    if "decode" in res:
+        d = res["decode"]
+        for key, label in (("ours_tok_s", "ours rollout"), ("hf_generate_tok_s", "HF generate")):
+            m, (lo, hi) = med(d[key])
+            lines.append(f"| {label} (tok/s, {d['rows']} rows) | {m:.1f} | {lo:.1f} - {hi:.1f} | |")
+        lines.append(f"| bandwidth bound (tok/s: {d['weight_gb']:.2f} GB weights at "
+                     f"{d['bandwidth_gbs']:.1f} GB/s) | {d['bound_tok_s']:.0f} | | |")
+        res["decode_fraction_of_bound"] = med(d["ours_tok_s"])[0] / d["bound_tok_s"]
+    print("\n".join(lines))
+    if "decode" in res:
+        print(f"ours decode / bandwidth bound = {res['decode_fraction_of_bound']:.3f}")
+    if "ours" in res and "trl" in res:
+        res["ratio_ours_over_trl"] = med(res["ours"]["step_s"])[0] / med(res["trl"]["step_s"])[0]
+        print(f"step time ours / TRL = {res['ratio_ours_over_trl']:.2f}")
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    res["table"] = "\n".join(lines)
+    with open(args.out, "w") as f:
+        json.dump(res, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
