@@ -22,7 +22,6 @@ Greedy decoding by default (--temperature > 0 samples). Metrics per suite:
 import argparse
 import collections
 import json
-import math
 import os
 import sys
 import time
@@ -32,9 +31,6 @@ import torch
 
 from rollout import TOOL_CALL_RE, ToolError, generate_rollouts, parse_tool_call
 from tasks import load_suite
-
-OOD_LIMIT = None  # evaluate every problem of an out-of-domain suite unless --limit
-
 
 def jsd(p, q):
     """Jensen-Shannon divergence (base 2) of two {name: weight} distributions (normalised here)."""
@@ -93,20 +89,17 @@ def evaluate_suite(model, tok, name, limit=None, batch_size=16, temperature=0.0,
                                       max_turns=1 if is_bfcl else max_turns,
                                       max_new_tokens=max_new_tokens,
                                       max_total_tokens=max_total_tokens, temperature=temperature)
-    correct, calls_all, sets = [], [], []
+    import bfcl
+    correct, calls_all, sets, valid_names = [], [], [], []
     for r in rollouts:
         calls = parsed_calls("".join(r.turns))
+        valid = {s["name"] for s in r.problem["schemas"]} if is_bfcl else set(tools)
         calls_all.append(calls)
-        valid = tools.keys() if not is_bfcl else {s["name"] for s in r.problem["schemas"]}
+        valid_names.append(valid)
         sets.append({c["name"] for c in calls if c and c["name"] in valid})
-        if is_bfcl:
-            import bfcl
-            correct.append(None not in calls and bfcl.check(calls, r.problem))
-        else:
-            correct.append(r.correct)
+        correct.append(None not in calls and bfcl.check(calls, r.problem) if is_bfcl
+                       else r.correct)
     n_calls = sum(len(c) for c in calls_all)
-    valid_names = [(tools.keys() if not is_bfcl else {s["name"] for s in r.problem["schemas"]})
-                   for r in rollouts]
     teacher_sets = [set(r.problem["teacher_tools"]) for r in rollouts]
     out = {
         "n": len(rollouts),
