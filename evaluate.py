@@ -191,9 +191,22 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", help="results JSON (default: print only)")
     ap.add_argument("--plot-dir", default="plots")
+    ap.add_argument("--replot", nargs="+", metavar="NAME=RESULTS.json",
+                    help="table and plots from saved results ({suite: metrics} or an --out file)")
     args = ap.parse_args(argv)
     torch.manual_seed(args.seed)
     suites = args.suite.split(",")
+    if args.replot:
+        saved = {}
+        for item in args.replot:
+            name, path = item.split("=", 1)
+            with open(path) as f:
+                data = json.load(f)
+            saved[name] = data["results"][name] if "results" in data else data
+        print(markdown_table(saved, suites))
+        plot(saved, suites, args.plot_dir)
+        print(f"plots: {args.plot_dir}/accuracy.png {args.plot_dir}/jsd_vs_accuracy.png")
+        return
     kw = dict(batch_size=args.batch_size, temperature=args.temperature, max_turns=args.max_turns,
               max_new_tokens=args.max_new_tokens, max_total_tokens=args.max_total_tokens,
               teacher_file=args.teacher)

@@ -134,3 +134,15 @@ PROBLEMS = [{"question": "What do red and blue make?", "answer": "purple", "teac
                 "response_tokens", "tool_set_match", "tool_jsd"):
         assert key in res
     assert 0.0 <= res["tool_jsd"] <= 1.0
+
+
+def test_replot_from_saved_results(tmp_path):
+    import json
+    from evaluate import main
+    m = {"accuracy": 0.5, "tool_jsd": 0.25}
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps({"math": m, "bfcl": m}))
+    main(["--replot", f"a={path}", f"b={path}", "--suite", "math,bfcl",
+          "--plot-dir", str(tmp_path / "plots")])
+    assert (tmp_path / "plots" / "accuracy.png").stat().st_size > 1000
+    assert (tmp_path / "plots" / "jsd_vs_accuracy.png").stat().st_size > 1000
