@@ -29,7 +29,7 @@ import time
 import numpy as np
 import torch
 
-from rollout import TOOL_CALL_RE, ToolError, generate_rollouts, parse_tool_call
+from rollout import generate_rollouts, parse_tool_calls
 from tasks import load_suite
 
 def jsd(p, q):
@@ -52,18 +52,6 @@ def tool_distribution(tool_sets):
     for s in tool_sets:
         c.update(s if s else ["<none>"])
     return dict(c)
-
-
-def parsed_calls(text):
-    """[(call dict or None)] for each <tool_call> in text."""
-    out = []
-    for body in TOOL_CALL_RE.findall(text):
-        try:
-            name, args = parse_tool_call(body)
-            out.append({"name": name, "arguments": args})
-        except ToolError:
-            out.append(None)
-    return out
 
 
 def suite_problems(name, limit):
@@ -92,7 +80,7 @@ def evaluate_suite(model, tok, name, limit=None, batch_size=16, temperature=0.0,
     import bfcl
     correct, calls_all, sets, valid_names = [], [], [], []
     for r in rollouts:
-        calls = parsed_calls("".join(r.turns))
+        calls = parse_tool_calls("".join(r.turns))
         valid = {s["name"] for s in r.problem["schemas"]} if is_bfcl else set(tools)
         calls_all.append(calls)
         valid_names.append(valid)

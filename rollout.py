@@ -239,15 +239,21 @@ def execute_tool_call(body, tools):
     return name, text
 
 
-def tool_names_in(text):
-    """Names of the tools a text tries to call, valid or not (None for unparsable calls)."""
-    names = []
+def parse_tool_calls(text):
+    """Every <tool_call> in text as {"name", "arguments"}, or None where it does not parse."""
+    calls = []
     for body in TOOL_CALL_RE.findall(text):
         try:
-            names.append(parse_tool_call(body)[0])
+            name, args = parse_tool_call(body)
+            calls.append({"name": name, "arguments": args})
         except ToolError:
-            names.append(None)
-    return names
+            calls.append(None)
+    return calls
+
+
+def tool_names_in(text):
+    """Names of the tools a text tries to call, valid or not (None for unparsable calls)."""
+    return [c and c["name"] for c in parse_tool_calls(text)]
 
 
 # ----------------------------------------------------------------------------

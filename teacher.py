@@ -31,7 +31,7 @@ import time
 import urllib.error
 import urllib.request
 
-from rollout import TOOL_CALL_RE, execute_tool_call, prompt_messages
+from rollout import TOOL_CALL_RE, execute_tool_call, prompt_messages, tool_names_in
 from tasks import answers_match, extract_boxed, load_suite
 
 REFERENCE = "reference"
@@ -186,15 +186,8 @@ def final_answer(messages):
 
 
 def called_tools(messages):
-    names = []
-    for m in messages:
-        if m["role"] == "assistant":
-            for body in TOOL_CALL_RE.findall(m["content"]):
-                try:
-                    names.append(json.loads(body)["name"])
-                except (ValueError, KeyError, TypeError):
-                    pass
-    return sorted(set(names))
+    text = "".join(m["content"] for m in messages if m["role"] == "assistant")
+    return sorted({n for n in tool_names_in(text) if n is not None})
 
 
 def run_teacher(problems, attempt, teacher_id, out, attempts=1, batch_size=8, progress=True):

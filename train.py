@@ -341,20 +341,18 @@ def train(cfg):
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.sft_lr if sft_steps else cfg.lr,
                             weight_decay=0.0)
     step, phase = 0, "sft" if sft_steps else "grpo"
-    if cfg.resume and os.path.exists(ckpt_path):
+    resumed = cfg.resume and os.path.exists(ckpt_path)
+    if resumed:
         state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
         model.load_state_dict(state["model"])
         step, phase = state["step"], state["phase"]
-        if phase == "grpo":
-            for g in opt.param_groups:
-                g["lr"] = cfg.lr
-        opt.load_state_dict(state["optimizer"])
+        opt.load_state_dict(state["optimizer"])           # its lr included
         restore_rng(state["rng"])
         print(f"resumed {cfg.out} at {phase} step {step}")
     log = open(os.path.join(cfg.out, "metrics.jsonl"), "a")
 
     before = None
-    if step == 0 and phase == ("sft" if sft_steps else "grpo"):
+    if not resumed:
         before = accuracy(model, tok, suite, test_set, cfg)
         print(f"before: {before}")
 
