@@ -405,16 +405,16 @@ def generate_rollouts(model, tok, problems, tools, schemas, group_size=1, max_tu
             r.ids.append(t); r.mask.append(1); r.n_generated += 1
             turn_ids[i].append(t)
             pending[i] = [t]
-            turn_text = tok.decode(turn_ids[i], skip_special_tokens=True)
             hit_eos = t in stops
             hit_call = "</tool_call>" in tok.decode(turn_ids[i][-8:])
             if not (hit_eos or hit_call):
                 if len(turn_ids[i]) >= max_new_tokens or r.n_generated >= max_total_tokens:
                     r.truncated = True
-                    r.turns.append(turn_text)
+                    r.turns.append(tok.decode(turn_ids[i], skip_special_tokens=True))
                 else:
                     keep.append(k)
                 continue
+            turn_text = tok.decode(turn_ids[i], skip_special_tokens=True)
             r.turns.append(turn_text)
             turn_ids[i] = []
             n_turns[i] += 1
