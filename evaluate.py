@@ -111,12 +111,14 @@ def evaluate_suite(model, tok, name, limit=None, batch_size=16, temperature=0.0,
 
 
 def evaluate_model(name_or_path, suites, limit=None, device=None, **kw):
+    """{suite: metrics}. `limit`: problems per suite, or a dict {suite: limit}."""
     from model import load_model
     tok, model = load_model(name_or_path, device=device)
     results = {}
     for s in suites:
         t0 = time.time()
-        results[s], _ = evaluate_suite(model, tok, s, limit=limit, **kw)
+        n = limit.get(s) if isinstance(limit, dict) else limit
+        results[s], _ = evaluate_suite(model, tok, s, limit=n, **kw)
         results[s]["seconds"] = round(time.time() - t0, 1)
     return results
 

@@ -62,7 +62,7 @@ class Config:
     max_total_tokens: int = 192     # generated tokens per rollout, all turns
     temperature: float = 1.0
     micro_batch: int = 4            # rows per forward/backward (memory)
-    eval_n: int = 16                # held-out problems for before/after accuracy
+    eval_n: int = 16                # held-out problems for before/after accuracy (0: skip)
     save_every: int = 2
     seed: int = 0
     out: str = "runs/default"
@@ -352,7 +352,7 @@ def train(cfg):
     log = open(os.path.join(cfg.out, "metrics.jsonl"), "a")
 
     before = None
-    if not resumed:
+    if not resumed and test_set:
         before = accuracy(model, tok, suite, test_set, cfg)
         print(f"before: {before}")
 
@@ -396,7 +396,7 @@ def train(cfg):
             if (step + 1) % cfg.save_every == 0 or step + 1 == rl_steps:
                 save_checkpoint(ckpt_path, model, opt, step + 1, cfg, "grpo")
 
-    after = accuracy(model, tok, suite, test_set, cfg)
+    after = accuracy(model, tok, suite, test_set, cfg) if test_set else None
     result = {"before": before, "after": after, "eval_problems": len(test_set)}
     with open(os.path.join(cfg.out, "result.json"), "w") as f:
         json.dump(result, f, indent=1)
@@ -405,7 +405,7 @@ def train(cfg):
               f"before {before['accuracy']:.3f} -> after {after['accuracy']:.3f} | "
               f"tool-call rate {before['tool_call_rate']:.2f} -> {after['tool_call_rate']:.2f} | "
               f"boxed rate {before['boxed_rate']:.2f} -> {after['boxed_rate']:.2f}")
-    else:
+    elif after:
         print(f"after: {after}")
     return result
 

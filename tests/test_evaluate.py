@@ -146,3 +146,21 @@ def test_replot_from_saved_results(tmp_path):
           "--plot-dir", str(tmp_path / "plots")])
     assert (tmp_path / "plots" / "accuracy.png").stat().st_size > 1000
     assert (tmp_path / "plots" / "jsd_vs_accuracy.png").stat().st_size > 1000
+
+
+def test_limit_per_suite(monkeypatch):
+    """evaluate_model takes one limit for all suites or a {suite: limit} dict (replicate.py)."""
+    import evaluate
+    import model
+    seen = {}
+    monkeypatch.setattr(model, "load_model", lambda name, device=None: (None, None))
+
+    def fake_suite(model, tok, name, limit=None, **kw):
+        seen[name] = limit
+        return {}, []
+    monkeypatch.setattr(evaluate, "evaluate_suite", fake_suite)
+    evaluate.evaluate_model("x", ["math", "bfcl"], limit={"math": 24, "bfcl": 4})
+    assert seen == {"math": 24, "bfcl": 4}
+    seen.clear()
+    evaluate.evaluate_model("x", ["math", "bfcl"], limit=7)
+    assert seen == {"math": 7, "bfcl": 7}
