@@ -29,6 +29,6 @@ test: .venv/ready
 	touch $@
 
 bench: .venv-bench/ready
-	.venv-bench/bin/python bench.py
+	.venv-bench/bin/python bench.py --prompt short --reps 2 --out results/bench_short.json
 
 .PHONY: bench

@@ -1,6 +1,7 @@
 """Benchmark: our GRPO step and rollout against TRL's GRPOTrainer, on the same work.
 
-    make bench                                              # CPU, embedded student
+    make bench          # = bench.py --prompt short --reps 2 (CPU, embedded student, ~12 min)
+    .venv-bench/bin/python bench.py --prompt tools --warmup 0 --reps 1 --only ours,trl
     .venv-bench/bin/python bench.py --student Qwen2.5-0.5B --device cuda
 
 Same model, questions x group size, prompt (our system prompt with the 12 tool
@@ -11,10 +12,11 @@ micro-batch. Measured, each in its own subprocess so peak memory is its own:
   ours    train.grpo_step: rollout + reward + loss + optimizer step
   trl     GRPOTrainer optimizer step (no vLLM, gradient checkpointing off as
           in ours; TRL 1.x turns it on by default, which only slows it)
-  decode  rollout tokens/s: ours vs plain HF generate, and the memory-bandwidth
-          bound (bytes of weights read per decode step / measured bandwidth)
+  decode  rollout tokens/s: ours vs plain HF generate, against the memory-bandwidth
+          bound (bytes of weights read per decode step / measured bandwidth) and a
+          roofline that also counts ~2 flops per parameter per row (measured matmul)
 
-Times are per step after one warm-up step; median and spread over --reps.
+Times are per step after --warmup untimed steps; median and spread over --reps.
 TRL is installed only here (requirements-bench.txt, .venv-bench).
 """
 import argparse
@@ -57,14 +59,16 @@ def worker_ours(args):
                  micro_batch=args.micro_batch, kl_coef=0.001, lr=1e-5)
     ref = copy.deepcopy(model).requires_grad_(False).eval()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
-    times = []
-    for _ in range(args.reps + 1):
+    times, rollout = [], []
+    for _ in range(args.warmup + args.reps):
         t0 = time.perf_counter()
-        grpo_step(model, ref, opt, tok, suite, problems, cfg)
+        m = grpo_step(model, ref, opt, tok, suite, problems, cfg)
         if model.device.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
-    return {"step_s": times[1:], "peak_gb": peak_memory_gb(model.device)}
+        rollout.append(m["response_tokens"] * len(problems) * cfg.group_size / m["rollout_tok_s"])
+    return {"step_s": times[args.warmup:], "rollout_s": rollout[args.warmup:],
+            "peak_gb": peak_memory_gb(model.device)}
 
 
 def worker_trl(args):
@@ -105,7 +109,7 @@ def worker_trl(args):
     n = args.questions * args.group_size
     cfg = GRPOConfig(
         output_dir=os.path.join(HERE, "runs", "bench-trl"), report_to=[], save_strategy="no",
-        max_steps=args.reps + 1, logging_steps=1, learning_rate=1e-5, beta=0.001,
+        max_steps=args.warmup + args.reps, logging_steps=1, learning_rate=1e-5, beta=0.001,
         num_generations=args.group_size, max_completion_length=args.completion,
         per_device_train_batch_size=args.micro_batch, gradient_accumulation_steps=n // args.micro_batch,
         gradient_checkpointing=False, bf16=model.dtype == torch.bfloat16,
@@ -113,22 +117,34 @@ def worker_trl(args):
     trainer = GRPOTrainer(model=model, reward_funcs=[mentor_reward], args=cfg, train_dataset=data,
                           processing_class=tok, callbacks=[Timer()])
     trainer.train()
-    return {"step_s": times[1:], "peak_gb": peak_memory_gb(model.device)}
+    return {"step_s": times[args.warmup:], "peak_gb": peak_memory_gb(model.device)}
 
 
-def memory_bandwidth_gbs(device, n_bytes=1 << 30):
-    x = torch.empty(n_bytes // 4, dtype=torch.float32, device=device)
-    y = torch.empty_like(x)
+def _best_time(fn, device, reps=5):
     best = float("inf")
-    for _ in range(5):
+    for _ in range(reps):
         if device.type == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()
-        y.copy_(x)
+        fn()
         if device.type == "cuda":
             torch.cuda.synchronize()
         best = min(best, time.perf_counter() - t0)
-    return 2 * n_bytes / best / 1e9  # read + write
+    return best
+
+
+def memory_bandwidth_gbs(device, n_bytes=1 << 30):
+    """Measured copy bandwidth: read + write of a 1 GiB buffer, best of 5."""
+    x = torch.empty(n_bytes // 4, dtype=torch.float32, device=device)
+    y = torch.empty_like(x)
+    return 2 * n_bytes / _best_time(lambda: y.copy_(x), device) / 1e9
+
+
+def matmul_gflops(device, dtype, n=2048):
+    """Measured dense matmul throughput: the compute roof."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    return 2 * n ** 3 / _best_time(lambda: a @ b, device) / 1e9
 
 
 def worker_decode(args):
@@ -160,10 +176,16 @@ def worker_decode(args):
             n_tok = int((new != tok.pad_token_id).sum())
             hf.append(n_tok / (time.perf_counter() - t0))
     out["hf_generate_tok_s"] = hf
+    # One decode step for all rows reads every weight once (bandwidth bound) and does
+    # ~2 * params flops per row (compute bound; attention over the cache not counted).
+    params = sum(p.numel() for p in model.parameters())
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     bw = memory_bandwidth_gbs(model.device)
-    out.update(weight_gb=weight_bytes / 1e9, bandwidth_gbs=bw,
-               bound_tok_s=len(rows) * bw * 1e9 / weight_bytes)
+    flops = matmul_gflops(model.device, model.dtype)
+    step_bw = weight_bytes / (bw * 1e9)
+    step_flops = 2 * params * len(rows) / (flops * 1e9)
+    out.update(weight_gb=weight_bytes / 1e9, bandwidth_gbs=bw, matmul_gflops=flops,
+               bound_tok_s=len(rows) / step_bw, roofline_tok_s=len(rows) / max(step_bw, step_flops))
     return out
 
 
@@ -188,7 +210,8 @@ def main():
     ap.add_argument("--completion", type=int, default=64)
     ap.add_argument("--micro-batch", type=int, default=8)
     ap.add_argument("--prompt", choices=["tools", "short"], default="tools")
-    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--reps", type=int, default=3, help="timed steps (and decode runs)")
+    ap.add_argument("--warmup", type=int, default=1, help="untimed GRPO steps first")
     ap.add_argument("--only", default="ours,trl,decode")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--out", default="results/bench.json")
@@ -198,7 +221,8 @@ def main():
                           "decode": worker_decode}[args.worker](args)))
         return
     argv = [a for a in sys.argv[1:]]
-    res = {"config": {k: v for k, v in vars(args).items() if k != "worker"},
+    res = {"command": " ".join(["bench.py"] + argv),
+           "config": {k: v for k, v in vars(args).items() if k != "worker"},
            "machine": f"{os.cpu_count()} CPU cores" + (
                f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""),
            "torch_threads": torch.get_num_threads()}
@@ -211,17 +235,24 @@ def main():
             m, (lo, hi) = med(res[name]["step_s"])
             lines.append(f"| {name} GRPO step (s) | {m:.1f} | {lo:.1f} - {hi:.1f} | "
                          f"{res[name]['peak_gb']:.2f} |")
+            if "rollout_s" in res[name]:
+                m, (lo, hi) = med(res[name]["rollout_s"])
+                lines.append(f"| ... of which rollout (s) | {m:.1f} | {lo:.1f} - {hi:.1f} | |")
     if "decode" in res:
         d = res["decode"]
         for key, label in (("ours_tok_s", "ours rollout"), ("hf_generate_tok_s", "HF generate")):
             m, (lo, hi) = med(d[key])
-            lines.append(f"| {label} (tok/s, {d['rows']} rows) | {m:.1f} | {lo:.1f} - {hi:.1f} | |")
+            lines.append(f"| {label} (tok/s incl. prefill, {d['rows']} rows) | {m:.1f} | {lo:.1f} - {hi:.1f} | |")
         lines.append(f"| bandwidth bound (tok/s: {d['weight_gb']:.2f} GB weights at "
                      f"{d['bandwidth_gbs']:.1f} GB/s) | {d['bound_tok_s']:.0f} | | |")
+        lines.append(f"| roofline (tok/s: also ~2 flops/param/row at "
+                     f"{d['matmul_gflops']:.0f} GFLOP/s) | {d['roofline_tok_s']:.0f} | | |")
         res["decode_fraction_of_bound"] = med(d["ours_tok_s"])[0] / d["bound_tok_s"]
+        res["decode_fraction_of_roofline"] = med(d["ours_tok_s"])[0] / d["roofline_tok_s"]
     print("\n".join(lines))
     if "decode" in res:
-        print(f"ours decode / bandwidth bound = {res['decode_fraction_of_bound']:.3f}")
+        print(f"ours decode / bandwidth bound = {res['decode_fraction_of_bound']:.3f}; "
+              f"/ roofline = {res['decode_fraction_of_roofline']:.3f}")
     if "ours" in res and "trl" in res:
         res["ratio_ours_over_trl"] = med(res["ours"]["step_s"])[0] / med(res["trl"]["step_s"])[0]
         print(f"step time ours / TRL = {res['ratio_ours_over_trl']:.2f}")
