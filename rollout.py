@@ -407,15 +407,15 @@ def generate_rollouts(model, tok, problems, tools, schemas, group_size=1, max_tu
             pending[i] = [t]
             hit_eos = t in stops
             hit_call = "</tool_call>" in tok.decode(turn_ids[i][-8:])
-            if not (hit_eos or hit_call):
-                if len(turn_ids[i]) >= max_new_tokens or r.n_generated >= max_total_tokens:
-                    r.truncated = True
-                    r.turns.append(tok.decode(turn_ids[i], skip_special_tokens=True))
-                else:
-                    keep.append(k)
+            out_of_tokens = len(turn_ids[i]) >= max_new_tokens or r.n_generated >= max_total_tokens
+            if not (hit_eos or hit_call or out_of_tokens):
+                keep.append(k)
                 continue
-            turn_text = tok.decode(turn_ids[i], skip_special_tokens=True)
+            turn_text = tok.decode(turn_ids[i], skip_special_tokens=True)  # the turn has ended
             r.turns.append(turn_text)
+            if not (hit_eos or hit_call):
+                r.truncated = True  # cut off mid-turn: the row is done
+                continue
             turn_ids[i] = []
             n_turns[i] += 1
             calls = TOOL_CALL_RE.findall(turn_text)

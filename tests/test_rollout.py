@@ -82,6 +82,19 @@ def test_batched_group_rollouts_are_well_formed(student, math_suite):
             or len(r.turns) == 5
 
 
+def test_row_cut_off_mid_turn_is_truncated_with_its_text(student, math_suite):
+    tok, model = student
+    problems = math_suite.split("test")[:2]
+    rollouts = generate_rollouts(model, tok, problems, math_suite.tools, math_suite.schemas,
+                                 max_new_tokens=3, max_total_tokens=3, temperature=0)
+    for r in rollouts:
+        if r.ids[-1] in (tok.eos_token_id, tok.convert_tokens_to_ids("<|im_end|>")):
+            continue  # ended on its own within 3 tokens: not truncated
+        assert r.truncated and r.n_generated == 3 and len(r.ids) == 3
+        assert r.turns == [tok.decode(r.ids, skip_special_tokens=True)]
+    assert any(r.truncated for r in rollouts)
+
+
 def test_unknown_model_is_one_clear_line():
     try:
         load_model("no-such-org/no-such-model")
