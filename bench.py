@@ -66,7 +66,7 @@ def worker_ours(args):
         if model.device.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
-        rollout.append(m["response_tokens"] * len(problems) * cfg.group_size / m["rollout_tok_s"])
+        rollout.append(m["rollout_time"])
     return {"step_s": times[args.warmup:], "rollout_s": rollout[args.warmup:],
             "peak_gb": peak_memory_gb(model.device)}
 
@@ -220,7 +220,7 @@ def main():
         print(json.dumps({"ours": worker_ours, "trl": worker_trl,
                           "decode": worker_decode}[args.worker](args)))
         return
-    argv = [a for a in sys.argv[1:]]
+    argv = sys.argv[1:]
     res = {"command": " ".join(["bench.py"] + argv),
            "config": {k: v for k, v in vars(args).items() if k != "worker"},
            "machine": f"{os.cpu_count()} CPU cores" + (

@@ -252,6 +252,7 @@ def grpo_step(model, ref_model, opt, tok, suite, problems, cfg):
         "groups_with_signal": float((rewards.std(1) > 0).float().mean()),
         "loss": loss_sum, "kl": kl, "clip_frac": clip,
         "response_tokens": n_gen / len(rollouts), "rollout_tok_s": n_gen / t_rollout,
+        "rollout_time": t_rollout,
     }
 
 

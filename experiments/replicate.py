@@ -28,8 +28,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-# eval_limit: problems per suite (BFCL: per category, 5 categories); sized so the cpu
-# preset finishes in about 1.5 h on 2 cores (BFCL costs ~13 s per problem there)
+# eval_limit: problems per suite (BFCL: per category, 5 categories). The cpu preset
+# took about 1 h on 2 cores (README); BFCL's long prompts make it the costly suite there.
 PRESETS = {
     "cpu": dict(student="SmolLM2-135M", warm_steps=6, rl_steps=8, batch_size=2, group_size=4,
                 eval_limit={"math": 24, "retrieval": 24, "bfcl": 4}, out="runs/replicate-cpu"),
