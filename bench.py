@@ -14,7 +14,8 @@ micro-batch. Measured, each in its own subprocess so peak memory is its own:
           in ours; TRL 1.x turns it on by default, which only slows it)
   decode  rollout tokens/s: ours vs plain HF generate, against the memory-bandwidth
           bound (bytes of weights read per decode step / measured bandwidth) and a
-          roofline that also counts ~2 flops per parameter per row (measured matmul)
+          roofline that also counts ~2 flops per parameter per row (measured matmul);
+          and ours with one row, where the bandwidth bound is the binding one
 
 Times are per step after --warmup untimed steps; median and spread over --reps.
 TRL is installed only here (requirements-bench.txt, .venv-bench).
@@ -149,7 +150,8 @@ def matmul_gflops(device, dtype, n=2048):
 
 def worker_decode(args):
     from model import load_model
-    from rollout import encode_prompt, generate_rollouts
+    from transformers.cache_utils import Cache
+    from rollout import GrowingKV, encode_prompt, feed, generate_rollouts
     torch.manual_seed(0)
     tok, model = load_model(args.student, device=args.device)
     problems, suite = problems_and_suite(args)
@@ -163,6 +165,22 @@ def worker_decode(args):
                                max_new_tokens=args.completion, max_total_tokens=args.completion)
         ours.append(sum(r.n_generated for r in rs) / (time.perf_counter() - t0))
     out["ours_tok_s"] = ours
+    # One row alone, where a decode step is bound by reading the weights rather than by
+    # compute: the rollout's own forward (rollout.feed), greedy, after the prompt.
+    one = []
+    with torch.inference_mode():
+        for _ in range(args.reps):
+            cache = Cache(layer_class_to_replicate=GrowingKV)
+            attn, n_real = torch.ones(1, 0, dtype=torch.long), torch.zeros(1, dtype=torch.long)
+            attn, n_real = attn.to(model.device), n_real.to(model.device)
+            prompt = encode_prompt(tok, problems[0]["question"], suite.schemas)
+            attn, n_real, logits = feed(model, cache, attn, n_real, [prompt], tok.pad_token_id)
+            t0 = time.perf_counter()
+            for _ in range(args.completion):
+                attn, n_real, logits = feed(model, cache, attn, n_real,
+                                            [[int(logits.argmax())]], tok.pad_token_id)
+            one.append(args.completion / (time.perf_counter() - t0))
+    out["ours_1row_tok_s"] = one
     prompts = [tok.decode(encode_prompt(tok, p["question"], suite.schemas)) for p in rows]
     tok.padding_side = "left"
     enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
@@ -247,12 +265,17 @@ def main():
                      f"{d['bandwidth_gbs']:.1f} GB/s) | {d['bound_tok_s']:.0f} | | |")
         lines.append(f"| roofline (tok/s: also ~2 flops/param/row at "
                      f"{d['matmul_gflops']:.0f} GFLOP/s) | {d['roofline_tok_s']:.0f} | | |")
+        m, (lo, hi) = med(d["ours_1row_tok_s"])
+        lines.append(f"| ours decode, 1 row (tok/s, no prefill) | {m:.1f} | {lo:.1f} - {hi:.1f} | |")
+        lines.append(f"| bandwidth bound, 1 row (tok/s) | {d['bound_tok_s'] / d['rows']:.0f} | | |")
         res["decode_fraction_of_bound"] = med(d["ours_tok_s"])[0] / d["bound_tok_s"]
         res["decode_fraction_of_roofline"] = med(d["ours_tok_s"])[0] / d["roofline_tok_s"]
+        res["decode_1row_fraction_of_bound"] = m / (d["bound_tok_s"] / d["rows"])
     print("\n".join(lines))
     if "decode" in res:
         print(f"ours decode / bandwidth bound = {res['decode_fraction_of_bound']:.3f}; "
-              f"/ roofline = {res['decode_fraction_of_roofline']:.3f}")
+              f"/ roofline = {res['decode_fraction_of_roofline']:.3f}; "
+              f"1 row / its bandwidth bound = {res['decode_1row_fraction_of_bound']:.3f}")
     if "ours" in res and "trl" in res:
         res["ratio_ours_over_trl"] = med(res["ours"]["step_s"])[0] / med(res["trl"]["step_s"])[0]
         print(f"step time ours / TRL = {res['ratio_ours_over_trl']:.2f}")

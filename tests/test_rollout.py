@@ -8,7 +8,7 @@ CALL = '<think>Multiply.</think><tool_call>{"name": "multiply", "arguments": {"a
 
 
 class ForceFirstTokens(torch.nn.Module):
-    """Wraps the real model; its first len(script) sampled tokens are forced to `script`.
+    """Wraps the real model; batch row 0's first len(script) sampled tokens are forced to `script`.
 
     The real forward still runs (and fills the real cache), so everything after
     the script -- the tool response and the model's next turn -- is the real
@@ -29,11 +29,11 @@ class ForceFirstTokens(torch.nn.Module):
 
     def forward(self, **kw):
         out = self.model(**kw)
-        if "cache" not in kw:  # the shared-prefix prefill samples nothing
+        if "attention_mask" not in kw:  # the shared-prefix prefill samples nothing
             return out
         if self.calls < len(self.script):
-            out.logits[:] = -1e4
-            out.logits[..., self.script[self.calls]] = 1e4
+            out.logits[0] = -1e4
+            out.logits[0, ..., self.script[self.calls]] = 1e4
         self.calls += 1
         return out
 
@@ -42,9 +42,12 @@ def test_tool_call_is_executed_and_its_response_is_masked(student, math_suite):
     tok, model = student
     script = tok(CALL, add_special_tokens=False).input_ids
     problem = {"question": "What is 6 times 7?", "answer": "42", "teacher_tools": ["multiply"]}
+    others = math_suite.split("test")[:2]   # decode greedily while row 0's tool response is fed
     forced = ForceFirstTokens(model, script)
-    (r,) = generate_rollouts(forced, tok, [problem], math_suite.tools, math_suite.schemas,
-                             group_size=1, max_new_tokens=40, max_total_tokens=80, temperature=0)
+    rollouts = generate_rollouts(forced, tok, [problem] + others, math_suite.tools,
+                                 math_suite.schemas, group_size=1, max_new_tokens=40,
+                                 max_total_tokens=80, temperature=0)
+    r = rollouts[0]
     assert r.tool_calls[0] == "multiply"
     assert r.ids[:len(script)] == script and r.mask[:len(script)] == [1] * len(script)
     # right after </tool_call>: the <|im_end|> we insert and the tool response, all mask 0
@@ -56,16 +59,19 @@ def test_tool_call_is_executed_and_its_response_is_masked(student, math_suite):
     assert "<tool_response>" in tok.decode(tail)
     assert len(r.turns) >= 2 and sum(r.mask) == r.n_generated
 
-    # The cached, chunked generation equals a plain forward over the final sequence:
-    # every token the model chose greedily after the script is the argmax there too.
-    ids = torch.tensor([r.prompt_ids + r.ids])
-    with torch.no_grad():
-        logits = model(input_ids=ids).logits[0]
-    P = len(r.prompt_ids)
-    for t in range(len(script), len(r.ids)):
-        if r.mask[t]:
-            row = logits[P + t - 1]
-            assert row[r.ids[t]] >= row.max() - 1e-3, t
+    # The cached, chunked generation equals a plain forward over each final sequence:
+    # every token a row chose greedily (after row 0's script) is the argmax there too,
+    # though the rows were left-padded against each other and row 0's tool response
+    # went in over several steps.
+    for r, start in zip(rollouts, [len(script), 0, 0]):
+        ids = torch.tensor([r.prompt_ids + r.ids])
+        with torch.no_grad():
+            logits = model(input_ids=ids).logits[0]
+        P = len(r.prompt_ids)
+        for t in range(start, len(r.ids)):
+            if r.mask[t]:
+                row = logits[P + t - 1]
+                assert row[r.ids[t]] >= row.max() - 1e-3, t
 
 
 def test_batched_group_rollouts_are_well_formed(student, math_suite):
@@ -103,3 +109,43 @@ def test_unknown_model_is_one_clear_line():
         assert "\n" not in msg and "not available offline" in msg and "huggingface-cli download" in msg
     else:
         raise AssertionError("expected ModelNotAvailable")
+
+
+def test_sampling_follows_the_distribution_and_top_p():
+    from rollout import _sample
+    torch.manual_seed(0)
+    p = torch.tensor([0.5, 0.3, 0.15, 0.05, 0.0])
+    logits = p.clamp(min=1e-12).log().expand(40_000, -1)
+    freq = torch.bincount(_sample(logits, 1.0, 1.0), minlength=5) / 40_000
+    assert torch.allclose(freq, p, atol=0.01) and freq[4] == 0      # 0.01 is > 4 standard errors
+    # top_p = 0.7 keeps {0.5, 0.3} (the smallest set reaching 0.7), renormalised to 5/8, 3/8
+    freq = torch.bincount(_sample(logits, 1.0, 0.7), minlength=5) / 40_000
+    assert torch.allclose(freq, torch.tensor([5 / 8, 3 / 8, 0, 0, 0]), atol=0.01)
+    assert (_sample(logits[:3], 0, 1.0) == 0).all()                  # temperature 0: argmax
+
+
+def test_growing_kv_matches_concatenation_across_growth_repeat_and_drop():
+    from rollout import GrowingKV
+    torch.manual_seed(0)
+    layer, ref_k, ref_v = GrowingKV(), None, None
+
+    def step(n_new):
+        nonlocal ref_k, ref_v
+        rows = 1 if ref_k is None else ref_k.shape[0]
+        k, v = torch.randn(2, rows, 3, n_new, 4).unbind(0)        # (rows, kv_heads, n, head_dim)
+        ref_k = k if ref_k is None else torch.cat([ref_k, k], 2)
+        ref_v = v if ref_v is None else torch.cat([ref_v, v], 2)
+        keys, values = layer.update(k, v)
+        assert torch.equal(keys, ref_k) and torch.equal(values, ref_v)
+
+    step(200)                                   # room 456
+    layer.batch_repeat_interleave(4)
+    ref_k, ref_v = ref_k.repeat_interleave(4, 0), ref_v.repeat_interleave(4, 0)
+    for n in (1, 100, 1, 300, 1):               # grows twice
+        step(n)
+    keep = torch.tensor([0, 2, 3])
+    layer.batch_select_indices(keep)
+    ref_k, ref_v = ref_k[keep], ref_v[keep]
+    assert torch.equal(layer.keys, ref_k) and layer.get_seq_length() == 603
+    for n in (1, 200):                          # and once more after the drop
+        step(n)
