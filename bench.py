@@ -7,12 +7,15 @@
 Same model, questions x group size, prompt (our system prompt with the 12 tool
 schemas + a math question; --prompt short drops the tools) and completion
 length, one tool-call turn, KL on (coefficient 0.001), one PPO epoch, the same
-micro-batch. Measured, each in its own subprocess so peak memory is its own:
+micro-batch, the same precision (--precision, default auto: bf16 matmuls on a
+bf16 GPU or an AVX-512 CPU, fp32 weights on the CPU; ours samples from a bf16
+copy, TRL's bf16=True runs generation and training under autocast).
+Measured, each in its own subprocess so peak memory is its own:
 
   ours    train.grpo_step: rollout + reward + loss + optimizer step
   trl     GRPOTrainer optimizer step (no vLLM, gradient checkpointing off as
           in ours; TRL 1.x turns it on by default, which only slows it)
-  decode  rollout tokens/s: ours vs plain HF generate, against the memory-bandwidth
+  decode  rollout tokens/s: ours vs plain HF generate (same weights), against the memory-bandwidth
           bound (bytes of weights read per decode step / measured bandwidth) and a
           roofline that also counts ~2 flops per parameter per row (measured matmul);
           and ours with one row, where the bandwidth bound is the binding one
@@ -57,7 +60,7 @@ def worker_ours(args):
     problems, suite = problems_and_suite(args)
     cfg = Config(batch_size=args.questions, group_size=args.group_size, max_turns=1,
                  max_new_tokens=args.completion, max_total_tokens=args.completion,
-                 micro_batch=args.micro_batch, kl_coef=0.001, lr=1e-5)
+                 micro_batch=args.micro_batch, kl_coef=0.001, lr=1e-5, precision=args.precision)
     ref = copy.deepcopy(model).requires_grad_(False).eval()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
     times, rollout = [], []
@@ -76,7 +79,7 @@ def worker_trl(args):
     from datasets import Dataset
     from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
-    from model import load_model
+    from model import compute_dtype, load_model
     from reward import reward
     from rollout import prompt_messages, tool_names_in
     from tasks import answers_match, extract_boxed
@@ -113,7 +116,8 @@ def worker_trl(args):
         max_steps=args.warmup + args.reps, logging_steps=1, learning_rate=1e-5, beta=0.001,
         num_generations=args.group_size, max_completion_length=args.completion,
         per_device_train_batch_size=args.micro_batch, gradient_accumulation_steps=n // args.micro_batch,
-        gradient_checkpointing=False, bf16=model.dtype == torch.bfloat16,
+        gradient_checkpointing=False,   # bf16: autocast (fp32 weights on CPU), as in ours
+        bf16=compute_dtype(model.device, args.precision) == torch.bfloat16,
         use_cpu=model.device.type == "cpu", temperature=1.0, num_iterations=1, seed=0)
     trainer = GRPOTrainer(model=model, reward_funcs=[mentor_reward], args=cfg, train_dataset=data,
                           processing_class=tok, callbacks=[Timer()])
@@ -149,11 +153,12 @@ def matmul_gflops(device, dtype, n=2048):
 
 
 def worker_decode(args):
-    from model import load_model
+    from model import compute_dtype, load_model, rollout_weights
     from transformers.cache_utils import Cache
     from rollout import GrowingKV, encode_prompt, feed, generate_rollouts
     torch.manual_seed(0)
     tok, model = load_model(args.student, device=args.device)
+    model = rollout_weights(model, compute_dtype(model.device, args.precision))  # as grpo_step
     problems, suite = problems_and_suite(args)
     rows = [p for p in problems for _ in range(args.group_size)]
     out = {"rows": len(rows)}
@@ -202,7 +207,7 @@ def worker_decode(args):
     flops = matmul_gflops(model.device, model.dtype)
     step_bw = weight_bytes / (bw * 1e9)
     step_flops = 2 * params * len(rows) / (flops * 1e9)
-    out.update(weight_gb=weight_bytes / 1e9, bandwidth_gbs=bw, matmul_gflops=flops,
+    out.update(dtype=str(model.dtype).replace("torch.", ""), weight_gb=weight_bytes / 1e9, bandwidth_gbs=bw, matmul_gflops=flops,
                bound_tok_s=len(rows) / step_bw, roofline_tok_s=len(rows) / max(step_bw, step_flops))
     return out
 
@@ -230,6 +235,8 @@ def main():
     ap.add_argument("--prompt", choices=["tools", "short"], default="tools")
     ap.add_argument("--reps", type=int, default=3, help="timed steps (and decode runs)")
     ap.add_argument("--warmup", type=int, default=1, help="untimed GRPO steps first")
+    ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
+                    help="matmul dtype for ours and TRL alike (model.compute_dtype)")
     ap.add_argument("--only", default="ours,trl,decode")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--out", default="results/bench.json")
@@ -241,7 +248,7 @@ def main():
     argv = sys.argv[1:]
     res = {"command": " ".join(["bench.py"] + argv),
            "config": {k: v for k, v in vars(args).items() if k != "worker"},
-           "machine": f"{os.cpu_count()} CPU cores" + (
+           "machine": f"{os.cpu_count()} CPU cores ({torch.backends.cpu.get_cpu_capability()})" + (
                f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""),
            "torch_threads": torch.get_num_threads()}
     for name in args.only.split(","):
@@ -261,9 +268,9 @@ def main():
         for key, label in (("ours_tok_s", "ours rollout"), ("hf_generate_tok_s", "HF generate")):
             m, (lo, hi) = med(d[key])
             lines.append(f"| {label} (tok/s incl. prefill, {d['rows']} rows) | {m:.1f} | {lo:.1f} - {hi:.1f} | |")
-        lines.append(f"| bandwidth bound (tok/s: {d['weight_gb']:.2f} GB weights at "
+        lines.append(f"| bandwidth bound (tok/s: {d['weight_gb']:.2f} GB {d['dtype']} weights at "
                      f"{d['bandwidth_gbs']:.1f} GB/s) | {d['bound_tok_s']:.0f} | | |")
-        lines.append(f"| roofline (tok/s: also ~2 flops/param/row at "
+        lines.append(f"| roofline (tok/s: also ~2 flops/param/row at {d['dtype']} "
                      f"{d['matmul_gflops']:.0f} GFLOP/s) | {d['roofline_tok_s']:.0f} | | |")
         m, (lo, hi) = med(d["ours_1row_tok_s"])
         lines.append(f"| ours decode, 1 row (tok/s, no prefill) | {m:.1f} | {lo:.1f} - {hi:.1f} | |")

@@ -110,10 +110,11 @@ def evaluate_suite(model, tok, name, limit=None, batch_size=16, temperature=0.0,
     return out, rollouts
 
 
-def evaluate_model(name_or_path, suites, limit=None, device=None, **kw):
+def evaluate_model(name_or_path, suites, limit=None, device=None, precision="auto", **kw):
     """{suite: metrics}. `limit`: problems per suite, or a dict {suite: limit}."""
-    from model import load_model
-    tok, model = load_model(name_or_path, device=device)
+    from model import compute_dtype, load_model, pick_device
+    device = pick_device(device)                 # weights in the dtype train.py samples in
+    tok, model = load_model(name_or_path, device=device, dtype=compute_dtype(device, precision))
     results = {}
     for s in suites:
         t0 = time.time()
@@ -178,6 +179,8 @@ def main(argv=None):
     ap.add_argument("--max-total-tokens", type=int, default=384)
     ap.add_argument("--teacher", help="teacher.py JSONL whose teacher_tools take precedence")
     ap.add_argument("--device")
+    ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
+                    help="dtype of the matmuls (auto: bf16 where fast, see model.compute_dtype)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", help="results JSON (default: print only)")
     ap.add_argument("--plot-dir", default="plots")
@@ -206,7 +209,8 @@ def main(argv=None):
     all_results = {}
     for name, path in models.items():
         try:
-            all_results[name] = evaluate_model(path, suites, args.limit, args.device, **kw)
+            all_results[name] = evaluate_model(path, suites, args.limit, args.device,
+                                               args.precision, **kw)
         except ModelNotAvailable as e:
             sys.exit(str(e))
         print(f"{name}: " + json.dumps(all_results[name]))

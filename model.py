@@ -15,6 +15,7 @@ is run once and its KV cache is repeated for every row; gradients still flow
 into it, so the result (and its gradient) equals a plain forward over the full
 sequences, at a fraction of the cost.
 """
+import copy
 import importlib.util
 import json
 import os
@@ -51,12 +52,43 @@ def pick_device(device=None):
 
 
 def pick_dtype(device, dtype=None):
-    """bf16 on a GPU that supports it, fp32 otherwise (CPU bf16 matmuls are slow here)."""
+    """Weights: bf16 on a GPU that supports it, fp32 on a CPU (the optimizer's copy;
+    its matmuls can still run in bf16, see compute_dtype)."""
     if dtype is not None:
         return getattr(torch, dtype) if isinstance(dtype, str) else dtype
     if device.type == "cuda" and torch.cuda.is_bf16_supported():
         return torch.bfloat16
     return torch.float32
+
+
+def compute_dtype(device, precision="auto"):
+    """The dtype matmuls run in. 'auto': bf16 where the hardware does bf16 fast (a bf16
+    GPU; a CPU with AVX-512, where oneDNN's bf16 matmul measured 2.5-4x fp32 here),
+    fp32 elsewhere (on AVX2-only CPUs bf16 is slower than fp32)."""
+    if precision != "auto":
+        return {"fp32": torch.float32, "bf16": torch.bfloat16}[precision]
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+    fast = torch.backends.cpu.get_cpu_capability().startswith("AVX512") \
+        and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    return torch.bfloat16 if fast else torch.float32
+
+
+def autocast(model, dtype):
+    """Mixed precision for forwards that train: weights stay in their dtype (fp32 on a
+    CPU, what AdamW updates), matmuls run in `dtype`; log-probs are taken in fp32.
+    Call backward() outside it."""
+    return torch.autocast(model.device.type, dtype=dtype, enabled=dtype != torch.float32)
+
+
+def rollout_weights(model, dtype):
+    """The policy the rollout samples from, with its weights in `dtype`: the model itself
+    when they already are, else a fresh copy (0.2 s for 135M parameters), the way verl
+    copies the trained weights into its bf16 inference engine before each rollout.
+    Only the sampling runs in `dtype`; the loss recomputes log-probs from the trained weights."""
+    if model.dtype == dtype:
+        return model
+    return copy.deepcopy(model).to(dtype).requires_grad_(False).eval()
 
 
 def _gguf_source(spec):

@@ -33,7 +33,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from model import CHECKPOINT_FILE, DEFAULT_STUDENT, Prefix, load_model, sequence_logprobs
+from model import (CHECKPOINT_FILE, DEFAULT_STUDENT, Prefix, autocast, compute_dtype, load_model,
+                   rollout_weights, sequence_logprobs)
 from reward import compute_reward
 from rollout import common_prefix, encode_prompt, generate_rollouts, trajectory_ids
 from tasks import load_suite
@@ -65,6 +66,7 @@ class Config:
     eval_n: int = 16                # held-out problems for before/after accuracy (0: skip)
     save_every: int = 2
     seed: int = 0
+    precision: str = "auto"         # matmuls in bf16 where fast (model.compute_dtype) | fp32 | bf16
     out: str = "runs/default"
     device: str = None
     resume: bool = False
@@ -169,14 +171,17 @@ def sft_step(model, opt, tok, trajs, cfg):
     """One optimizer step of SFT on teacher trajectories [(prompt_ids, ids, mask)] -> metrics."""
     model.train()
     opt.zero_grad()
+    amp = autocast(model, compute_dtype(model.device, cfg.precision))
     n_tok = sum(sum(m) for _, _, m in trajs)
     prefix_ids = shared_prefix(trajs, model.device)
-    prefix = Prefix(model, prefix_ids)                     # the system prompt, once per step
+    with amp:
+        prefix = Prefix(model, prefix_ids)                 # the system prompt, once per step
     total = 0.0
     for idx in micro_batches(trajs, cfg.micro_batch):
         tokens, attn, mask = pack([trajs[i] for i in idx], len(prefix_ids), tok.pad_token_id,
                                   model.device)
-        logp = sequence_logprobs(model, prefix, tokens, attn, needed=mask)
+        with amp:
+            logp = sequence_logprobs(model, prefix, tokens, attn, needed=mask)
         loss = sft_loss(logp, mask) * mask.sum() / n_tok    # micro-batches add up to the token mean
         loss.backward()
         total += loss.item()
@@ -190,7 +195,10 @@ def grpo_step(model, ref_model, opt, tok, suite, problems, cfg):
     """Rollouts, rewards, advantages and ppo_epochs optimizer steps -> metrics."""
     t0 = time.time()
     model.eval()
-    rollouts = generate_rollouts(model, tok, problems, suite.tools, suite.schemas,
+    dtype = compute_dtype(model.device, cfg.precision)
+    amp = autocast(model, dtype)
+    policy = rollout_weights(model, dtype)                 # sampling in bf16 where that is fast
+    rollouts = generate_rollouts(policy, tok, problems, suite.tools, suite.schemas,
                                  group_size=cfg.group_size, max_turns=cfg.max_turns,
                                  max_new_tokens=cfg.max_new_tokens,
                                  max_total_tokens=cfg.max_total_tokens,
@@ -205,7 +213,7 @@ def grpo_step(model, ref_model, opt, tok, suite, problems, cfg):
     seqs = [(r.prompt_ids, r.ids, r.mask) for r in rollouts]
     prefix_ids = shared_prefix(seqs, model.device)
     mbs = []
-    with torch.no_grad():
+    with torch.no_grad(), amp:
         ref_prefix = Prefix(ref_model, prefix_ids) if ref_model else None
         old_prefix = Prefix(model, prefix_ids) if cfg.ppo_epochs > 1 else None
         for idx in micro_batches(seqs, cfg.micro_batch):
@@ -220,10 +228,12 @@ def grpo_step(model, ref_model, opt, tok, suite, problems, cfg):
     model.train()
     for _ in range(cfg.ppo_epochs):
         opt.zero_grad()
-        prefix = Prefix(model, prefix_ids)                 # the system prompt, once per pass
+        with amp:
+            prefix = Prefix(model, prefix_ids)             # the system prompt, once per pass
         loss_sum, kl, clip = 0.0, 0.0, 0.0
         for idx, tokens, attn, mask, ref, old in mbs:
-            logp = sequence_logprobs(model, prefix, tokens, attn, mask)
+            with amp:
+                logp = sequence_logprobs(model, prefix, tokens, attn, mask)
             old = old if old is not None else logp.detach()   # one epoch: ratio == 1
             loss, m = grpo_loss(logp, old, ref, adv[idx], mask, cfg.clip_eps, cfg.kl_coef)
             w = (mask.sum() / n_tok).item()    # micro-batches add up to the token mean
@@ -260,9 +270,10 @@ def grpo_step(model, ref_model, opt, tok, suite, problems, cfg):
 def accuracy(model, tok, suite, problems, cfg, batch=24):
     """Greedy accuracy, tool-call rate and boxed rate on `problems`."""
     model.eval()
+    policy = rollout_weights(model, compute_dtype(model.device, cfg.precision))
     rs = []
     for i in range(0, len(problems), batch):
-        rs += generate_rollouts(model, tok, problems[i:i + batch], suite.tools, suite.schemas,
+        rs += generate_rollouts(policy, tok, problems[i:i + batch], suite.tools, suite.schemas,
                                 max_turns=cfg.max_turns, max_new_tokens=cfg.max_new_tokens,
                                 max_total_tokens=cfg.max_total_tokens, temperature=0)
     return {"accuracy": float(np.mean([r.correct for r in rs])),
@@ -306,6 +317,9 @@ def restore_rng(rng):
     torch.set_rng_state(rng["torch"])
 
 
+CHOICES = {"method": ["grpo", "sft"], "precision": ["auto", "fp32", "bf16"]}
+
+
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     defaults = Config()
@@ -315,7 +329,7 @@ def parse_args(argv=None):
             ap.add_argument(flag, action="store_true")
         else:
             kind = type(value) if value is not None else str
-            ap.add_argument(flag, type=kind, default=None)
+            ap.add_argument(flag, type=kind, default=None, choices=CHOICES.get(name))
     args = ap.parse_args(argv)
     given = {k: v for k, v in vars(args).items() if v not in (None, False)}
     student = given.get("student", defaults.student)

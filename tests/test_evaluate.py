@@ -153,7 +153,7 @@ def test_limit_per_suite(monkeypatch):
     import evaluate
     import model
     seen = {}
-    monkeypatch.setattr(model, "load_model", lambda name, device=None: (None, None))
+    monkeypatch.setattr(model, "load_model", lambda name, device=None, dtype=None: (None, None))
 
     def fake_suite(model, tok, name, limit=None, **kw):
         seen[name] = limit
