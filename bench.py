@@ -154,8 +154,7 @@ def matmul_gflops(device, dtype, n=2048):
 
 def worker_decode(args):
     from model import compute_dtype, load_model, rollout_weights
-    from transformers.cache_utils import Cache
-    from rollout import GrowingKV, encode_prompt, feed, generate_rollouts
+    from rollout import encode_prompt, feed, generate_rollouts, prefill
     torch.manual_seed(0)
     tok, model = load_model(args.student, device=args.device)
     model = rollout_weights(model, compute_dtype(model.device, args.precision))  # as grpo_step
@@ -175,15 +174,11 @@ def worker_decode(args):
     one = []
     with torch.inference_mode():
         for _ in range(args.reps):
-            cache = Cache(layer_class_to_replicate=GrowingKV)
-            attn, n_real = torch.ones(1, 0, dtype=torch.long), torch.zeros(1, dtype=torch.long)
-            attn, n_real = attn.to(model.device), n_real.to(model.device)
             prompt = encode_prompt(tok, problems[0]["question"], suite.schemas)
-            attn, n_real, logits = feed(model, cache, attn, n_real, [prompt], tok.pad_token_id)
+            batch, logits = prefill(model, prompt[:-1], [prompt[-1:]])
             t0 = time.perf_counter()
             for _ in range(args.completion):
-                attn, n_real, logits = feed(model, cache, attn, n_real,
-                                            [[int(logits.argmax())]], tok.pad_token_id)
+                logits = feed(model, batch, [[int(logits.argmax())]])
             one.append(args.completion / (time.perf_counter() - t0))
     out["ours_1row_tok_s"] = one
     prompts = [tok.decode(encode_prompt(tok, p["question"], suite.schemas)) for p in rows]

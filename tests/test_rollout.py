@@ -27,6 +27,10 @@ class ForceFirstTokens(torch.nn.Module):
     def generation_config(self):
         return self.model.generation_config
 
+    @property
+    def config(self):
+        return self.model.config
+
     def forward(self, **kw):
         out = self.model(**kw)
         if "attention_mask" not in kw:  # the shared-prefix prefill samples nothing
@@ -149,3 +153,28 @@ def test_growing_kv_matches_concatenation_across_growth_repeat_and_drop():
     assert torch.equal(layer.keys, ref_k) and layer.get_seq_length() == 603
     for n in (1, 200):                          # and once more after the drop
         step(n)
+
+
+def test_shared_prefix_attention_equals_attention_over_the_concatenation():
+    """Prompt part once + each row's part, merged by log-sum-exp == SDPA over [prompt; row]."""
+    import types
+    import torch.nn.functional as F
+    from rollout import shared_prefix_attention
+    torch.manual_seed(0)
+    n, kvh, g, w, L, P, d = 3, 2, 3, 4, 6, 5, 8             # 3 query heads per kv head
+    q = torch.randn(n, kvh * g, w, d)
+    k, v = torch.randn(n, kvh, L, d), torch.randn(n, kvh, L, d)
+    pk, pv = torch.randn(kvh, P, d), torch.randn(kvh, P, d)
+    mask = torch.ones(w, L, dtype=torch.bool).tril(L - w).repeat(n, 1, 1, 1)  # causal chunk
+    mask[1, ..., :2] = False                                                 # row 1: holes
+    mask[2, :, 0] = False          # row 2: a pad query that sees none of its own keys
+    layer = types.SimpleNamespace(layer_idx=1)
+    for m in (mask, None):
+        out, _ = shared_prefix_attention(layer, q, k, v, m, d ** -0.5, [None, (pk, pv)])
+        full_k = torch.cat([pk.expand(n, -1, -1, -1), k], 2).repeat_interleave(g, 1)
+        full_v = torch.cat([pv.expand(n, -1, -1, -1), v], 2).repeat_interleave(g, 1)
+        own = mask if m is not None else mask[:1].expand(n, -1, -1, -1)
+        full_m = torch.cat([torch.ones(n, 1, w, P, dtype=torch.bool), own], -1)
+        ref = F.scaled_dot_product_attention(q, full_k, full_v, attn_mask=full_m)
+        assert out.shape == (n, w, kvh * g, d)
+        assert torch.allclose(out, ref.transpose(1, 2), atol=1e-5)
