@@ -178,3 +178,30 @@ def test_shared_prefix_attention_equals_attention_over_the_concatenation():
         ref = F.scaled_dot_product_attention(q, full_k, full_v, attn_mask=full_m)
         assert out.shape == (n, w, kvh * g, d)
         assert torch.allclose(out, ref.transpose(1, 2), atol=1e-5)
+
+
+def test_greedy_rollouts_match_a_plain_forward_on_qwen_architectures(student, math_suite):
+    """The rollout's cache layout and attention on tiny random Qwen2 (qkv bias) and Qwen3
+    (q/k norm) models, the families of the --student Qwen presets."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM
+    tok, _ = student
+    small = dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+                 initializer_range=0.5)          # peaked attention: a wrong one shows
+    problems = math_suite.split("test")[:2]
+    for cls, cfg in ((Qwen2ForCausalLM, Qwen2Config(**small)),
+                     (Qwen3ForCausalLM, Qwen3Config(head_dim=8, **small))):
+        torch.manual_seed(0)
+        model = cls(cfg).eval()
+        rollouts = generate_rollouts(model, tok, problems, math_suite.tools, math_suite.schemas,
+                                     group_size=2, max_new_tokens=12, max_total_tokens=12,
+                                     temperature=0)
+        for r in rollouts:
+            ids = torch.tensor([r.prompt_ids + r.ids])
+            with torch.no_grad():
+                logits = model(input_ids=ids).logits[0]
+            P = len(r.prompt_ids)
+            for t in range(len(r.ids)):
+                if r.mask[t]:
+                    row = logits[P + t - 1]
+                    assert row[r.ids[t]] >= row.max() - 1e-4, (cls.__name__, t)
