@@ -34,6 +34,8 @@ import time
 
 import torch
 
+from model import PRECISIONS
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
@@ -230,7 +232,7 @@ def main():
     ap.add_argument("--prompt", choices=["tools", "short"], default="tools")
     ap.add_argument("--reps", type=int, default=3, help="timed steps (and decode runs)")
     ap.add_argument("--warmup", type=int, default=1, help="untimed GRPO steps first")
-    ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
+    ap.add_argument("--precision", default="auto", choices=PRECISIONS,
                     help="matmul dtype for ours and TRL alike (model.compute_dtype)")
     ap.add_argument("--only", default="ours,trl,decode")
     ap.add_argument("--worker", help=argparse.SUPPRESS)

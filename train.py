@@ -5,6 +5,7 @@
     python train.py --reward sparse                   # sparse-reward RL baseline
     python train.py --method sft --steps 100          # SFT on teacher trajectories
     python train.py --resume --out runs/mentor        # continue a killed run
+    python train.py --precision fp32                  # no bf16 matmuls (default: where fast)
 
 One GRPO step (PAPER.md, "The method"):
   1. sample batch_size training questions, group_size rollouts each (rollout.py);
@@ -13,6 +14,11 @@ One GRPO step (PAPER.md, "The method"):
   4. loss = token mean over generated tokens of
          -min(ratio * A, clip(ratio, 1 - clip_eps, 1 + clip_eps) * A) + kl_coef * k3(ref, pi)
      where ratio = pi / pi_rollout and tool-response tokens are masked out.
+
+Precision (model.py): weights and AdamW state stay fp32 on a CPU; where bf16
+matmuls are fast (a bf16 GPU, an AVX-512 CPU) the rollout samples from a bf16
+copy of the weights and the loss forwards run under bf16 autocast. The loss
+recomputes log-probs from the trained weights, so ratio == 1 still holds.
 
 Cold start: a 135M student given the tool prompt calls no tool and boxes no
 answer, so every rollout earns the same reward and GRPO has no signal. The
@@ -33,8 +39,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from model import (CHECKPOINT_FILE, DEFAULT_STUDENT, Prefix, autocast, compute_dtype, load_model,
-                   rollout_weights, sequence_logprobs)
+from model import (CHECKPOINT_FILE, DEFAULT_STUDENT, PRECISIONS, Prefix, autocast, compute_dtype,
+                   load_model, rollout_weights, sequence_logprobs)
 from reward import compute_reward
 from rollout import common_prefix, encode_prompt, generate_rollouts, trajectory_ids
 from tasks import load_suite
@@ -317,7 +323,7 @@ def restore_rng(rng):
     torch.set_rng_state(rng["torch"])
 
 
-CHOICES = {"method": ["grpo", "sft"], "precision": ["auto", "fp32", "bf16"]}
+CHOICES = {"method": ["grpo", "sft"], "precision": PRECISIONS}
 
 
 def parse_args(argv=None):
