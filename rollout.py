@@ -487,32 +487,32 @@ def prefill(model, prompt_ids, tails):
     model(input_ids=torch.tensor([prompt_ids], device=dev), cache=prompt_cache, use_cache=True,
           logits_to_keep=1)
     shared_kv = [(layer.keys[0], layer.values[0]) for layer in prompt_cache.layers]
-    rows = KVBatch(shared_kv, Cache(layer_class_to_replicate=GrowingKV),
-                torch.ones(len(tails), 0, dtype=torch.long, device=dev),
-                torch.full((len(tails),), len(prompt_ids), device=dev))
-    return rows, feed(model, rows, tails)
+    batch = KVBatch(shared_kv, Cache(layer_class_to_replicate=GrowingKV),
+                    torch.ones(len(tails), 0, dtype=torch.long, device=dev),
+                    torch.full((len(tails),), len(prompt_ids), device=dev))
+    return batch, feed(model, batch, tails)
 
 
-def feed(model, rows, chunks, pad_id=0):
+def feed(model, batch, chunks, pad_id=0):
     """Run one chunk of new tokens per row, left-padded to a common width -> (n, V) logits
     after each row's last token. Pads are masked out, so their id does not matter."""
-    width, dev = max(map(len, chunks)), rows.attn.device
+    width, dev = max(map(len, chunks)), batch.attn.device
     ids = torch.full((len(chunks), width), pad_id, device=dev)
     cmask = torch.zeros(len(chunks), width, dtype=torch.long, device=dev)
     for k, c in enumerate(chunks):
         if c:
             ids[k, width - len(c):] = torch.tensor(c, device=dev)
             cmask[k, width - len(c):] = 1
-    pos = (rows.n_real[:, None] + cmask.cumsum(1) - 1).clamp(min=0)  # (n, width); pads: masked
-    rows.attn = torch.cat([rows.attn, cmask], 1)
+    pos = (batch.n_real[:, None] + cmask.cumsum(1) - 1).clamp(min=0)  # (n, width); pads: masked
+    batch.attn = torch.cat([batch.attn, cmask], 1)
     # logits only at the last position. An index tensor, not logits_to_keep=1: the int's
     # slice leaves a strided (n, 1, H) view when width > 1, and the vocabulary projection
     # of a strided 3-D input copies the weight once per row (300 ms a step here)
     last = torch.tensor([width - 1], device=dev)
     with attention(model, "shared_prefix"):
-        out = model(input_ids=ids, attention_mask=rows.attn, position_ids=pos, cache=rows.cache,
-                    use_cache=True, logits_to_keep=last, shared_kv=rows.shared_kv)
-    rows.n_real = rows.n_real + cmask.sum(1)
+        out = model(input_ids=ids, attention_mask=batch.attn, position_ids=pos, cache=batch.cache,
+                    use_cache=True, logits_to_keep=last, shared_kv=batch.shared_kv)
+    batch.n_real = batch.n_real + cmask.sum(1)
     return out.logits[:, -1]
 
 
@@ -611,7 +611,7 @@ def generate_rollouts(model, tok, problems, tools, schemas, group_size=1, max_tu
 
 def main():
     import argparse
-    from model import load_model
+    from model import compute_dtype, load_model, pick_device
     from reward import compute_reward
     from tasks import load_suite
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -624,7 +624,8 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     torch.manual_seed(args.seed)
-    tok, model = load_model(args.model)
+    device = pick_device()
+    tok, model = load_model(args.model, device=device, dtype=compute_dtype(device))  # as train.py
     suite = load_suite(args.suite)
     problems = suite.split("test")[:args.n]
     t0 = time.time()
