@@ -204,8 +204,9 @@ def worker_decode(args):
     flops = matmul_gflops(model.device, model.dtype)
     step_bw = weight_bytes / (bw * 1e9)
     step_flops = 2 * params * len(rows) / (flops * 1e9)
-    out.update(dtype=str(model.dtype).replace("torch.", ""), weight_gb=weight_bytes / 1e9, bandwidth_gbs=bw, matmul_gflops=flops,
-               bound_tok_s=len(rows) / step_bw, roofline_tok_s=len(rows) / max(step_bw, step_flops))
+    out.update(dtype=str(model.dtype).replace("torch.", ""), weight_gb=weight_bytes / 1e9,
+               bandwidth_gbs=bw, matmul_gflops=flops, bound_tok_s=len(rows) / step_bw,
+               roofline_tok_s=len(rows) / max(step_bw, step_flops))
     return out
 
 

@@ -493,11 +493,11 @@ def prefill(model, prompt_ids, tails):
     return batch, feed(model, batch, tails)
 
 
-def feed(model, batch, chunks, pad_id=0):
+def feed(model, batch, chunks):
     """Run one chunk of new tokens per row, left-padded to a common width -> (n, V) logits
-    after each row's last token. Pads are masked out, so their id does not matter."""
+    after each row's last token. Pads are masked out, so their id (0) does not matter."""
     width, dev = max(map(len, chunks)), batch.attn.device
-    ids = torch.full((len(chunks), width), pad_id, device=dev)
+    ids = torch.zeros(len(chunks), width, dtype=torch.long, device=dev)
     cmask = torch.zeros(len(chunks), width, dtype=torch.long, device=dev)
     for k, c in enumerate(chunks):
         if c:

@@ -156,7 +156,8 @@ def test_growing_kv_matches_concatenation_across_growth_repeat_and_drop():
 
 
 def test_shared_prefix_attention_equals_attention_over_the_concatenation():
-    """Prompt part once + each row's part, merged by log-sum-exp == SDPA over [prompt; row]."""
+    """The prompt part once for all rows + each row's own part, one softmax == SDPA over
+    [prompt; row]."""
     import types
     import torch.nn.functional as F
     from rollout import shared_prefix_attention
