@@ -74,7 +74,10 @@ def value_ok(value, allowed, kind):
     """Is `value` of the declared type and among the allowed values?"""
     py = TYPES.get(kind)
     if py is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
+        try:
+            value = float(value)
+        except OverflowError:       # a 310-digit integer: no float equals it
+            return False
     if py is int and isinstance(value, bool) or py is float and isinstance(value, bool):
         return False
     if py is not None and not isinstance(value, py):

@@ -32,7 +32,6 @@ Run `python rollout.py` for a demo on the embedded student.
 import inspect
 import json
 import math
-import re
 import signal
 import threading
 import time
@@ -65,11 +64,11 @@ MAX_CALL_CHARS = 10_000      # a longer <tool_call> body is refused unread
 MAX_JSON_DEPTH = 20          # deeper nesting is refused before json.loads
 TOOL_TIME_LIMIT_S = 1.0      # wall-clock limit of one tool call (SIGALRM, main thread)
 MAX_RESPONSE_CHARS = 2_000   # longer tool results are cut
+MAX_NAME_CHARS = 64          # of a tool name echoed in a "too long" error (12 chars per \uXXXX)
 
 # Tokens fed per generation step across the batch when rows have a tool response to feed.
 FEED_TOKENS_PER_STEP = 32
 
-TOOL_CALL_RE = re.compile(r"<tool_call>(.*?)</tool_call>", re.DOTALL)
 
 
 def compact_schema(schema):
@@ -135,6 +134,8 @@ def parse_tool_call(body):
         raise ToolError('tool call must be {"name": "<tool>", "arguments": {...}}')
     args = call.get("arguments", {})
     if isinstance(args, str):  # some models send arguments as a JSON string
+        if _json_depth(args) > MAX_JSON_DEPTH:   # its \u005b escapes are brackets now
+            raise ToolError(f"tool call nested deeper than {MAX_JSON_DEPTH} levels")
         try:
             args = json.loads(args, parse_float=_finite_float, parse_constant=_no_constant)
         except (ValueError, RecursionError):
@@ -243,15 +244,28 @@ def execute_tool_call(body, tools):
         text = json.dumps({"name": name, "error": str(e)})
     except Exception as e:  # the tool itself failed: its message is the model's feedback
         text = json.dumps({"name": name, "error": f"{type(e).__name__}: {str(e)[:200]}"})
-    if len(text) > MAX_RESPONSE_CHARS:
-        text = json.dumps({"name": name, "error": "result too long"})
+    if len(text) > MAX_RESPONSE_CHARS:   # the name cut too: it is the model's text
+        text = json.dumps({"name": name[:MAX_NAME_CHARS], "error": "result too long"})
     return name, text
+
+
+def tool_call_bodies(text, open_tag="<tool_call>", close_tag="</tool_call>"):
+    """The text inside each <tool_call>...</tool_call> (leftmost, shortest, like a non-greedy
+    regex) in linear time: a regex rescans to the end from every unclosed tag (quadratic)."""
+    bodies, pos = [], 0
+    while (start := text.find(open_tag, pos)) >= 0:
+        end = text.find(close_tag, start + len(open_tag))
+        if end < 0:
+            break           # no closing tag after this one, so none after any later one
+        bodies.append(text[start + len(open_tag):end])
+        pos = end + len(close_tag)
+    return bodies
 
 
 def parse_tool_calls(text):
     """Every <tool_call> in text as {"name", "arguments"}, or None where it does not parse."""
     calls = []
-    for body in TOOL_CALL_RE.findall(text):
+    for body in tool_call_bodies(text):
         try:
             name, args = parse_tool_call(body)
             calls.append({"name": name, "arguments": args})
@@ -572,7 +586,7 @@ def generate_rollouts(model, tok, problems, tools, schemas, group_size=1, max_tu
                 continue
             turn_ids[i] = []
             n_turns[i] += 1
-            calls = TOOL_CALL_RE.findall(turn_text)
+            calls = tool_call_bodies(turn_text)
             if not calls or n_turns[i] >= max_turns:
                 continue  # final answer given (or out of turns): the row is done
             responses = [execute_tool_call(body, tools)[1] for body in calls]

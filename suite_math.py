@@ -132,7 +132,7 @@ def sqrt(x: float) -> float:
     """
     if x < 0:
         raise ValueError("square root of a negative number")
-    return math.sqrt(x)
+    return _checked(math.sqrt(x))
 
 
 def abs_value(x: float) -> float:
@@ -141,7 +141,7 @@ def abs_value(x: float) -> float:
     Args:
         x: The number.
     """
-    return abs(x)
+    return _checked(abs(x))
 
 
 def modulo(a: float, b: float) -> float:
@@ -153,7 +153,7 @@ def modulo(a: float, b: float) -> float:
     """
     if b == 0:
         raise ValueError("modulo by zero")
-    return a % b
+    return _checked(a % b)
 
 
 TOOLS = [add, subtract, multiply, divide, sum_numbers, floor, ceil, round_number,

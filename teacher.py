@@ -31,7 +31,7 @@ import time
 import urllib.error
 import urllib.request
 
-from rollout import TOOL_CALL_RE, execute_tool_call, prompt_messages, tool_names_in
+from rollout import execute_tool_call, prompt_messages, tool_call_bodies, tool_names_in
 from tasks import answers_match, extract_boxed, load_suite
 
 REFERENCE = "reference"
@@ -157,7 +157,7 @@ def server_teacher(url, model_name, suite, max_turns=5, api_key=None):
                                  "arguments": _maybe_json(c["function"].get("arguments"))})
                      for c in msg.get("tool_calls") or []]
             text += "".join(f"\n<tool_call>{c}</tool_call>" for c in calls)
-            bodies = TOOL_CALL_RE.findall(text)
+            bodies = tool_call_bodies(text)
             out.append({"role": "assistant", "content": text})
             chat.append({"role": "assistant", "content": text})
             if not bodies:

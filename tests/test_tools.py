@@ -89,3 +89,34 @@ def test_slow_and_crashing_user_tools_are_contained():
     assert "longer than" in run('{"name": "slow", "arguments": {"x": 5}}', tools)[1]["error"]
     assert "boom" in run('{"name": "crash", "arguments": {"x": 1}}', tools)[1]["error"]
     assert "error" in run('{"name": "nan", "arguments": {"x": 1}}', tools)[1]
+
+
+def test_regressions_from_the_hostile_model_pass(math_suite):
+    """Issue 16: each case was a crash, a quadratic scan or a response over its cap."""
+    import bfcl
+    from rollout import MAX_RESPONSE_CHARS, parse_tool_calls, tool_call_bodies, tool_names_in
+    assert bfcl.value_ok(10 ** 309, [1.0], "float") is False          # was OverflowError
+    for text in ("<tool_call>" * 10_000, "<tool_call>" * 10_000 + "</tool_call>"):
+        t0 = time.perf_counter()
+        parse_tool_calls(text), tool_names_in(text)
+        assert time.perf_counter() - t0 < 0.5                          # was 12 s
+    assert tool_call_bodies("a<tool_call>x</tool_call>b<tool_call><tool_call>y</tool_call>"
+                            "<tool_call>z") == ["x", "<tool_call>y"]   # as the regex found them
+    for name in ("n" * 2000, "\U0001F600" * 9970):
+        def echo(x: str) -> str:
+            """Echo.
+
+            Args:
+                x: Text.
+            """
+            return x * 10
+        body = json.dumps({"name": name, "arguments": {"x": "y" * 500}})[:9000]
+        _, resp = execute_tool_call(body, {name: echo})
+        assert len(resp) <= MAX_RESPONSE_CHARS                          # was 2,040 and 119,680
+    for body in ('{"name": "abs_value", "arguments": {"x": 1e308}}',
+                 '{"name": "sqrt", "arguments": {"x": 1e308}}',
+                 '{"name": "modulo", "arguments": {"a": 1e300, "b": 3e299}}'):
+        assert "too large" in run(body, math_suite.tools)[1]["error"]  # was a 309-digit number
+    # string-encoded arguments whose brackets are \u escapes: the raw text has no bracket
+    escaped = '{"name": "add", "arguments": "' + "\\u005b" * 30 + "\\u005d" * 30 + '"}'
+    assert "nested deeper" in run(escaped, math_suite.tools)[1]["error"]
