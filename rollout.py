@@ -62,7 +62,7 @@ When you know the answer, write it as \\boxed{{answer}}."""
 # Bounds on tool calls: what the model writes can never hang or flood us.
 MAX_CALL_CHARS = 10_000      # a longer <tool_call> body is refused unread
 MAX_JSON_DEPTH = 20          # deeper nesting is refused before json.loads
-TOOL_TIME_LIMIT_S = 1.0      # wall-clock limit of one tool call (SIGALRM, main thread)
+TOOL_TIME_LIMIT_S = 1.0      # wall-clock limit of one tool call (call_with_time_limit)
 MAX_RESPONSE_CHARS = 2_000   # longer tool results are cut
 MAX_NAME_CHARS = 64          # of a tool name echoed in a "too long" error (12 chars per \uXXXX)
 
@@ -204,22 +204,48 @@ def bind_arguments(fn, args):
     return kwargs
 
 
-@contextmanager
-def time_limit(seconds):
-    """Raise ToolError after `seconds` (only where SIGALRM works: the main thread)."""
-    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGALRM"):
-        yield
-        return
+def call_with_time_limit(fn, kwargs, seconds):
+    """fn(**kwargs), or ToolError after `seconds` of wall-clock time, from any thread.
+
+    Main thread: SIGALRM interrupts the tool; an alarm the caller had set keeps
+    its handler and fires when it was due (at once, if that passed meanwhile).
+    Other threads (signals reach only the main one): the tool runs in a daemon
+    worker and the caller stops waiting at the deadline. Python cannot kill a
+    thread, so a runaway tool goes on in the background until it returns.
+    """
+    if threading.current_thread() is not threading.main_thread() \
+            or not hasattr(signal, "SIGALRM"):
+        box = {}
+
+        def work():
+            try:
+                box["result"] = fn(**kwargs)
+            except Exception as e:       # handed back to the caller below
+                box["error"] = e
+        worker = threading.Thread(target=work, daemon=True)
+        worker.start()
+        worker.join(seconds)
+        if worker.is_alive():
+            raise ToolError(f"tool call took longer than {seconds} s")
+        if "error" in box:
+            raise box["error"]
+        if "result" not in box:
+            raise ToolError("tool call ended without a result")
+        return box["result"]
 
     def on_alarm(signum, frame):
         raise ToolError(f"tool call took longer than {seconds} s")
-    old = signal.signal(signal.SIGALRM, on_alarm)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
+    t0 = time.monotonic()
+    old_handler = signal.signal(signal.SIGALRM, on_alarm)
+    old_delay, old_interval = signal.setitimer(signal.ITIMER_REAL, seconds)
     try:
-        yield
+        return fn(**kwargs)
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
+        signal.signal(signal.SIGALRM, old_handler)
+        if old_delay > 0:          # the caller's alarm: re-armed for what was left of it
+            left = max(old_delay - (time.monotonic() - t0), 1e-6)
+            signal.setitimer(signal.ITIMER_REAL, left, old_interval)
 
 
 def format_value(x):
@@ -237,8 +263,7 @@ def execute_tool_call(body, tools):
         if name not in tools:
             raise ToolError(f"unknown tool '{name}'; available: {', '.join(tools)}")
         kwargs = bind_arguments(tools[name], args)
-        with time_limit(TOOL_TIME_LIMIT_S):
-            result = tools[name](**kwargs)
+        result = call_with_time_limit(tools[name], kwargs, TOOL_TIME_LIMIT_S)
         text = json.dumps({"name": name, "result": format_value(result)}, allow_nan=False)
     except ToolError as e:
         text = json.dumps({"name": name, "error": str(e)})

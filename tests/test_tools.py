@@ -120,3 +120,46 @@ def test_regressions_from_the_hostile_model_pass(math_suite):
     # string-encoded arguments whose brackets are \u escapes: the raw text has no bracket
     escaped = '{"name": "add", "arguments": "' + "\\u005b" * 30 + "\\u005d" * 30 + '"}'
     assert "nested deeper" in run(escaped, math_suite.tools)[1]["error"]
+
+
+def _slow(x: float) -> float:
+    """Sleep.
+
+    Args:
+        x: Seconds.
+    """
+    time.sleep(x)
+    return x
+
+
+def test_time_limit_holds_off_the_main_thread():
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(1) as pool:
+        t0 = time.perf_counter()
+        _, resp = pool.submit(execute_tool_call, '{"name": "_slow", "arguments": {"x": 3}}',
+                              {"_slow": _slow}).result()
+        assert "longer than" in json.loads(resp)["error"]
+        assert time.perf_counter() - t0 < 2.0                  # was 3 s: no limit in a thread
+        _, resp = pool.submit(execute_tool_call, '{"name": "_slow", "arguments": {"x": 0.01}}',
+                              {"_slow": _slow}).result()
+        assert json.loads(resp)["result"] == 0.01
+
+
+def test_time_limit_leaves_the_callers_alarm_alone():
+    import signal
+    fired = []
+    old = signal.signal(signal.SIGALRM, lambda *_: fired.append(time.perf_counter()))
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.5)
+        execute_tool_call('{"name": "_slow", "arguments": {"x": 0.01}}', {"_slow": _slow})
+        assert 0 < signal.getitimer(signal.ITIMER_REAL)[0] <= 0.5   # still armed, not reset
+        time.sleep(0.7)
+        assert len(fired) == 1
+        # an alarm that fell due while a tool ran fires as soon as the tool returns
+        signal.setitimer(signal.ITIMER_REAL, 0.1)
+        execute_tool_call('{"name": "_slow", "arguments": {"x": 0.3}}', {"_slow": _slow})
+        time.sleep(0.05)
+        assert len(fired) == 2
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
