@@ -6,14 +6,19 @@ of typed functions with Google-style docstrings, PROBLEMS a list of dicts with
 carries `solution`, the tool calls that compute it (used by teacher.py's
 reference solver), and `split`.
 
-Problems chain 1 to 4 operations on a quantity in a short story. Train and
-test come from different seeds and no test question appears in train.
+Problems chain 1 to 3 operations on a quantity in a short story, needing 1 to
+MAX_CALLS = 3 tool calls (rounding a share takes two: divide, then round).
+Sized for a 135M student on a CPU: with four or more calls the reference
+solution alone no longer fits the default 192-token budget (it did for none of
+the 47% of such problems in an earlier 1-4 operation version). Train and test
+come from different seeds and no test question appears in train.
 """
 import math
 import random
 
 MAX_MAGNITUDE = 1e15     # larger results are refused: the work and the text stay bounded
 MAX_LIST = 1000          # longest list sum_numbers accepts
+MAX_CALLS = 3            # tool calls a generated problem needs at most (see make_problem)
 
 
 def _checked(x):
@@ -226,24 +231,28 @@ def _call(name, a, b):
     return {"name": name, "arguments": {"a": a, "b": b}}
 
 
-def make_problem(rng):
-    """A story of 1 to 4 operations: {question, answer, teacher_tools, solution}."""
-    name, item = rng.choice(NAMES), rng.choice(ITEMS)
-    n_ops = rng.randint(1, 4)
-    if rng.random() < 0.25:  # start with a sum of several numbers (counts as one operation)
-        parts = [rng.randint(3, 40) for _ in range(rng.randint(3, 4))]
-        start = f"{name} collects {', '.join(map(str, parts[:-1]))} and {parts[-1]} {item} on " \
-                f"{len(parts)} days."
-        calls, v = [{"name": "sum_numbers", "arguments": {"numbers": parts}}], sum(parts)
-        n_ops -= 1
-    else:
-        v = rng.randint(5, 80)
-        start, calls = f"{name} has {v} {item}.", []
-    sentences = [start]
-    for _ in range(n_ops):
-        text, steps, v = _step(rng, v, item)
-        sentences.append(text)
-        calls += [_call(*s) for s in steps]
+def make_problem(rng, max_calls=MAX_CALLS):
+    """A story of 1 to 3 operations needing at most max_calls tool calls:
+    {question, answer, teacher_tools, solution}."""
+    while True:
+        name, item = rng.choice(NAMES), rng.choice(ITEMS)
+        n_ops = rng.randint(1, 3)
+        if rng.random() < 0.25:  # start with a sum of several numbers (counts as one operation)
+            parts = [rng.randint(3, 40) for _ in range(rng.randint(3, 4))]
+            start = f"{name} collects {', '.join(map(str, parts[:-1]))} and {parts[-1]} {item} " \
+                    f"on {len(parts)} days."
+            calls, v = [{"name": "sum_numbers", "arguments": {"numbers": parts}}], sum(parts)
+            n_ops -= 1
+        else:
+            v = rng.randint(5, 80)
+            start, calls = f"{name} has {v} {item}.", []
+        sentences = [start]
+        for _ in range(n_ops):
+            text, steps, v = _step(rng, v, item)
+            sentences.append(text)
+            calls += [_call(*s) for s in steps]
+        if len(calls) <= max_calls:
+            break
     ask = " What number do they end up with?" if n_ops else f" How many {item} is that in total?"
     question = " ".join(sentences) + ask
     return {"question": question, "answer": fmt(v),

@@ -21,11 +21,13 @@ import hashlib
 import importlib
 import importlib.util
 import os
+import random
 import re
 import string
 from dataclasses import dataclass, field
 
-BUILTIN_SUITES = {"math": "suite_math", "retrieval": "suite_retrieval"}
+BUILTIN_SUITES = {"math": "suite_math", "retrieval": "suite_retrieval", "shop": "suite_shop",
+                  "dates": "suite_dates"}
 TEST_FRACTION = 0.2  # for suites whose problems carry no "split"
 
 
@@ -46,6 +48,18 @@ def problem_split(p):
         return p["split"]
     h = int(hashlib.sha1(p["question"].encode()).hexdigest(), 16) % 1000
     return "test" if h < TEST_FRACTION * 1000 else "train"
+
+
+def unique_problems(make_problem, n, seed):
+    """n problems with distinct questions from a generator make_problem(rng), seeded."""
+    rng = random.Random(seed)
+    out, seen = [], set()
+    while len(out) < n:
+        p = make_problem(rng)
+        if p["question"] not in seen:
+            seen.add(p["question"])
+            out.append(p)
+    return out
 
 
 class SuiteError(ValueError):
