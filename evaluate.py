@@ -26,11 +26,19 @@ import os
 import sys
 import time
 
+import matplotlib
 import numpy as np
 import torch
 
-from model import PRECISIONS
+matplotlib.use("Agg")   # files only, no display
+import matplotlib.pyplot as plt  # noqa: E402
+
+from tqdm import tqdm
+
+import bfcl
+from model import PRECISIONS, ModelNotAvailable, compute_dtype, load_model, pick_device
 from rollout import generate_rollouts, parse_tool_calls
+from teacher import apply_teacher_tools
 from tasks import load_suite
 
 def jsd(p, q):
@@ -47,6 +55,25 @@ def jsd(p, q):
     return (kl(P, M) + kl(Q, M)) / 2
 
 
+def paired_bootstrap_ci(a, b, n_boot=10_000, level=0.95, seed=0):
+    """Mean of a - b and its percentile-bootstrap CI, paired by problem (and by seed).
+
+    a, b: (S, n) or (n,) 0/1 correctness of two models on the same n problems
+    (S seeds; row s of a and of b share seed s, e.g. the same warm start).
+    Each replicate resamples seeds and problems with replacement and takes the
+    mean difference, so the interval covers both problem and seed variation.
+    Returns (mean difference, low, high).
+    """
+    d = np.atleast_2d(np.asarray(a, float)) - np.atleast_2d(np.asarray(b, float))   # (S, n)
+    S, n = d.shape
+    rng = np.random.default_rng(seed)
+    seeds = rng.integers(0, S, size=(n_boot, S))                  # (n_boot, S)
+    probs = rng.integers(0, n, size=(n_boot, n))                  # (n_boot, n)
+    means = np.array([d[s][:, p].mean() for s, p in zip(seeds, probs)])
+    alpha = (1 - level) / 2
+    return float(d.mean()), float(np.quantile(means, alpha)), float(np.quantile(means, 1 - alpha))
+
+
 def tool_distribution(tool_sets):
     """[set of names] -> {name: number of sets containing it}, '<none>' for empty sets."""
     c = collections.Counter()
@@ -55,22 +82,30 @@ def tool_distribution(tool_sets):
     return dict(c)
 
 
-def suite_problems(name, limit):
-    """(problems, tools, schemas, is_bfcl) for a suite name or path."""
+def suite_problems(name, limit, trained_on=()):
+    """(problems, tools, schemas, is_bfcl) for a suite name or path. A suite the model
+    trained on is scored on its test split, any other suite on all of its problems."""
     if name == "bfcl":
-        import bfcl
         return bfcl.load_bfcl(limit=limit), {}, [], True
     suite = load_suite(name)
-    problems = suite.split("test") if name == "math" else suite.problems
+    problems = suite.split("test") if name in trained_on else suite.problems
     return problems[:limit], suite.tools, suite.schemas, False
 
 
+def trained_suites(name_or_path):
+    """The suite a train.py run folder trained on (read from its run.json), else none."""
+    meta = os.path.join(name_or_path or "", "run.json")
+    if not os.path.isfile(meta):
+        return ()
+    with open(meta) as f:
+        return (json.load(f)["suite"],)
+
+
 def evaluate_suite(model, tok, name, limit=None, batch_size=16, temperature=0.0, max_turns=5,
-                   max_new_tokens=128, max_total_tokens=384, teacher_file=None, progress=True):
-    from tqdm import tqdm
-    problems, tools, schemas, is_bfcl = suite_problems(name, limit)
+                   max_new_tokens=128, max_total_tokens=384, teacher_file=None, progress=True,
+                   trained_on=()):
+    problems, tools, schemas, is_bfcl = suite_problems(name, limit, trained_on)
     if teacher_file and not is_bfcl:
-        from teacher import apply_teacher_tools
         problems = apply_teacher_tools(problems, teacher_file)
     rollouts = []
     for i in tqdm(range(0, len(problems), batch_size), desc=name, disable=not progress):
@@ -78,7 +113,6 @@ def evaluate_suite(model, tok, name, limit=None, batch_size=16, temperature=0.0,
                                       max_turns=1 if is_bfcl else max_turns,
                                       max_new_tokens=max_new_tokens,
                                       max_total_tokens=max_total_tokens, temperature=temperature)
-    import bfcl
     correct, calls_all, sets, valid_names = [], [], [], []
     for r in rollouts:
         calls = parse_tool_calls("".join(r.turns))
@@ -92,7 +126,9 @@ def evaluate_suite(model, tok, name, limit=None, batch_size=16, temperature=0.0,
     teacher_sets = [set(r.problem["teacher_tools"]) for r in rollouts]
     out = {
         "n": len(rollouts),
+        "split": "test" if name in trained_on else "all",
         "accuracy": float(np.mean(correct)),
+        "correct": [int(bool(c)) for c in correct],          # per problem, for paired CIs
         "tool_call_rate": float(np.mean([bool(c) for c in calls_all])),
         "valid_call_rate": (sum(1 for cs, v in zip(calls_all, valid_names) for c in cs
                                 if c and c["name"] in v) / n_calls) if n_calls else None,
@@ -111,16 +147,18 @@ def evaluate_suite(model, tok, name, limit=None, batch_size=16, temperature=0.0,
     return out, rollouts
 
 
-def evaluate_model(name_or_path, suites, limit=None, device=None, precision="auto", **kw):
-    """{suite: metrics}. `limit`: problems per suite, or a dict {suite: limit}."""
-    from model import compute_dtype, load_model, pick_device
+def evaluate_model(name_or_path, suites, limit=None, device=None, precision="auto",
+                   trained_on=None, **kw):
+    """{suite: metrics}. `limit`: problems per suite, or a dict {suite: limit}. `trained_on`:
+    suites scored on their test split (default: the one a run folder trained on)."""
+    trained_on = trained_suites(name_or_path) if trained_on is None else trained_on
     device = pick_device(device)                 # weights in the dtype train.py samples in
     tok, model = load_model(name_or_path, device=device, dtype=compute_dtype(device, precision))
     results = {}
     for s in suites:
         t0 = time.time()
         n = limit.get(s) if isinstance(limit, dict) else limit
-        results[s], _ = evaluate_suite(model, tok, s, limit=n, **kw)
+        results[s], _ = evaluate_suite(model, tok, s, limit=n, trained_on=trained_on, **kw)
         results[s]["seconds"] = round(time.time() - t0, 1)
     return results
 
@@ -130,7 +168,8 @@ def markdown_table(all_results, suites):
         " | ".join(f"{s} tool-JSD" for s in suites) + " |"
     rows = [head, "|" + "---|" * (1 + 2 * len(suites))]
     for name, res in all_results.items():
-        accs = " | ".join(f"{res[s]['accuracy']:.3f}" for s in suites)
+        accs = " | ".join(f"{res[s]['accuracy']:.3f}" + (f" (n={res[s]['n']})" if "n" in res[s]
+                                                          else "") for s in suites)
         jsds = " | ".join(f"{res[s]['tool_jsd']:.3f}" for s in suites)
         rows.append(f"| {name} | {accs} | {jsds} |")
     return "\n".join(rows)
@@ -138,16 +177,14 @@ def markdown_table(all_results, suites):
 
 def plot(all_results, suites, out_dir):
     """accuracy.png (bars per suite per model) and jsd_vs_accuracy.png (strategic competence)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     os.makedirs(out_dir, exist_ok=True)
     names = list(all_results)
     fig, ax = plt.subplots(figsize=(1.8 + 1.6 * len(suites), 3.4))
     width = 0.8 / len(names)
     for i, n in enumerate(names):
         ax.bar(np.arange(len(suites)) + i * width, [all_results[n][s]["accuracy"] for s in suites],
-               width, label=n)
+               width, label=n, yerr=[all_results[n][s].get("accuracy_std", 0) for s in suites],
+               capsize=2)
     ax.set_xticks(np.arange(len(suites)) + 0.4 - width / 2, suites)
     ax.set_ylabel("accuracy")
     ax.legend(fontsize=8)
@@ -167,11 +204,46 @@ def plot(all_results, suites, out_dir):
     fig.savefig(os.path.join(out_dir, "jsd_vs_accuracy.png"), dpi=120)
 
 
+def plot_training(metrics_path, out_png):
+    """Per-step curves of one train.py run: SFT loss, GRPO reward and its parts, rollout
+    accuracy / boxed / truncated rates, groups with signal and KL -> out_png."""
+    if not os.path.exists(metrics_path):
+        return
+    with open(metrics_path) as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    sft = [r for r in rows if r["phase"] == "sft"]
+    rl = [r for r in rows if r["phase"] == "grpo"]
+    if not rl and not sft:
+        return
+    fig, axes = plt.subplots(1, 5, figsize=(19, 3.3))
+    if sft:
+        axes[0].plot([r["step"] for r in sft], [r["sft_loss"] for r in sft], "o-")
+    axes[0].set(title="SFT loss (warm start)", xlabel="SFT step")
+    x = [r["step"] for r in rl]
+    panels = [("reward (mean over rollouts)", ["reward_mean"] + sorted(
+                  {k for r in rl for k in r if k.startswith("reward/")})),
+              ("rollouts (sampled)", ["accuracy", "boxed_rate", "truncated_rate"]),
+              ("groups with signal (reward std > 0)", ["groups_with_signal"]),
+              ("KL to the reference (k3)", ["kl"])]
+    for ax, (title, keys) in zip(axes[1:], panels):
+        for k in keys:
+            ax.plot(x, [r.get(k, 0.0) for r in rl], "o-", ms=3, label=k.replace("reward/", ""))
+        ax.set(title=title, xlabel="GRPO step")
+        if len(keys) > 1:
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=110)
+    plt.close("all")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description="Evaluate students in and out of domain.")
     ap.add_argument("--model", default=None, help="short name, HF id, folder or train.py run")
     ap.add_argument("--compare", nargs="+", metavar="NAME=MODEL")
-    ap.add_argument("--suite", default="math,retrieval,bfcl")
+    ap.add_argument("--suite", default="math,retrieval,bfcl,shop,dates")
+    ap.add_argument("--trained-on", type=lambda v: tuple(v.split(",")) if v else (),
+                    help="suites scored on their test split, comma-separated (default: the suite "
+                         "a run folder trained on; every other suite is scored on all problems)")
     ap.add_argument("--limit", type=int, help="problems per suite (BFCL: per category)")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--temperature", type=float, default=0.0)
@@ -206,12 +278,11 @@ def main(argv=None):
               teacher_file=args.teacher)
     models = dict(m.split("=", 1) for m in args.compare) if args.compare else \
         {args.model or "SmolLM2-135M": args.model}
-    from model import ModelNotAvailable
     all_results = {}
     for name, path in models.items():
         try:
             all_results[name] = evaluate_model(path, suites, args.limit, args.device,
-                                               args.precision, **kw)
+                                               args.precision, trained_on=args.trained_on, **kw)
         except ModelNotAvailable as e:
             sys.exit(str(e))
         print(f"{name}: " + json.dumps(all_results[name]))

@@ -151,9 +151,8 @@ def test_replot_from_saved_results(tmp_path):
 def test_limit_per_suite(monkeypatch):
     """evaluate_model takes one limit for all suites or a {suite: limit} dict (replicate.py)."""
     import evaluate
-    import model
     seen = {}
-    monkeypatch.setattr(model, "load_model", lambda name, device=None, dtype=None: (None, None))
+    monkeypatch.setattr(evaluate, "load_model", lambda name, device=None, dtype=None: (None, None))
 
     def fake_suite(model, tok, name, limit=None, **kw):
         seen[name] = limit
@@ -164,3 +163,19 @@ def test_limit_per_suite(monkeypatch):
     seen.clear()
     evaluate.evaluate_model("x", ["math", "bfcl"], limit=7)
     assert seen == {"math": 7, "bfcl": 7}
+
+
+def test_paired_bootstrap_ci_by_hand():
+    from evaluate import paired_bootstrap_ci
+    # differences (0, 0, 1): a resampled mean is 0, 1/3, 2/3 or 1 with probability
+    # 8/27, 12/27, 6/27, 1/27, so P(mean <= 2/3) = 26/27 = 0.963: the 95% interval's
+    # upper end (the 0.975 quantile) is 1, the 90% interval's (0.95 quantile) is 2/3.
+    mean, lo, hi = paired_bootstrap_ci([1, 1, 1], [1, 1, 0])
+    assert (mean, lo, hi) == (pytest.approx(1 / 3), 0.0, 1.0)
+    _, lo, hi = paired_bootstrap_ci([1, 1, 1], [1, 1, 0], level=0.9)
+    assert (lo, hi) == (0.0, pytest.approx(2 / 3))
+    # identical differences: no spread; seeds (rows) pair with seeds
+    assert paired_bootstrap_ci([[1, 1], [1, 1]], [[0, 0], [0, 0]]) == (1.0, 1.0, 1.0)
+    # a difference present in one seed only: the seed resampling shows it
+    _, lo, hi = paired_bootstrap_ci([[1] * 50, [0] * 50], [[0] * 50, [0] * 50])
+    assert lo == 0.0 and hi == 1.0
