@@ -11,6 +11,8 @@ One GRPO step (PAPER.md, "The method"):
   1. sample batch_size training questions, group_size rollouts each (rollout.py);
   2. score every rollout with the reward (reward.py) -> r of shape (B, G);
   3. A = (r - mean_group) / (std_group + eps), the same for every token of a rollout;
+     rows with A == 0 (a group whose rewards are all equal) carry no policy gradient
+     and are left out of the loss pass (DAPO drops such groups too);
   4. loss = token mean over generated tokens of
          -min(ratio * A, clip(ratio, 1 - clip_eps, 1 + clip_eps) * A) + kl_coef * k3(ref, pi)
      where ratio = pi / pi_rollout and tool-response tokens are masked out.
@@ -29,6 +31,7 @@ start RL directly (their preset has no warm start).
 """
 import argparse
 import copy
+import functools
 import json
 import os
 import random
@@ -39,11 +42,15 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from model import (CHECKPOINT_FILE, DEFAULT_STUDENT, PRECISIONS, Prefix, autocast, compute_dtype,
-                   load_model, rollout_weights, sequence_logprobs)
-from reward import compute_reward
+from tqdm import tqdm
+
+from evaluate import paired_bootstrap_ci, plot_training
+from model import (CHECKPOINT_FILE, DEFAULT_STUDENT, PRECISIONS, ModelNotAvailable, Prefix,
+                   autocast, compute_dtype, load_model, rollout_weights, sequence_logprobs)
+from reward import VARIANTS, compute_reward
 from rollout import common_prefix, encode_prompt, generate_rollouts, trajectory_ids
-from tasks import load_suite
+from tasks import SuiteError, load_suite
+from teacher import apply_teacher_tools, read_cache, reference_messages
 
 
 @dataclass
@@ -214,9 +221,20 @@ def grpo_step(model, ref_model, opt, tok, suite, problems, cfg):
     rewards = torch.tensor([s for s, _ in scored]).view(len(problems), cfg.group_size)  # (B, G)
     adv = group_advantages(rewards).flatten().to(model.device)                        # (N,)
 
+    # Rows of a group whose rewards are all equal have advantage exactly 0: their policy
+    # gradient is 0, so they are left out of the loss (their only term would be the KL
+    # penalty), as DAPO's dynamic sampling drops them. The loss is the token mean over the
+    # rows that remain; with none left, there is no optimizer step.
+    keep = (adv != 0).nonzero().flatten().tolist()
+    adv = adv[keep]
+    seqs = [(rollouts[i].prompt_ids, rollouts[i].ids, rollouts[i].mask) for i in keep]
+    metrics = rollout_metrics(rollouts, rewards, scored, suite)
+    metrics.update(trained_rows=len(keep), rollout_tok_s=metrics["response_tokens"] * len(
+        rollouts) / t_rollout, rollout_time=t_rollout, loss=0.0, kl=0.0, clip_frac=0.0)
+    if not keep:
+        return metrics
     # Pack micro-batches once; log-probs of the reference (and, for several epochs,
     # of the rollout policy) are computed once, without grad.
-    seqs = [(r.prompt_ids, r.ids, r.mask) for r in rollouts]
     prefix_ids = shared_prefix(seqs, model.device)
     mbs = []
     with torch.no_grad(), amp:
@@ -251,11 +269,16 @@ def grpo_step(model, ref_model, opt, tok, suite, problems, cfg):
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
 
+    metrics.update(loss=loss_sum, kl=kl, clip_frac=clip)
+    return metrics
+
+
+def rollout_metrics(rollouts, rewards, scored, suite):
+    """What a step's rollouts did: reward (mean, std, each part), accuracy, tool use, length."""
     parts = {}
     for _, p in scored:
         for k, v in p.items():
             parts[k] = parts.get(k, 0.0) + v / len(scored)
-    n_gen = sum(r.n_generated for r in rollouts)
     return {
         "reward_mean": rewards.mean().item(), "reward_std": rewards.std(unbiased=False).item(),
         **{f"reward/{k}": v for k, v in parts.items()},
@@ -266,15 +289,13 @@ def grpo_step(model, ref_model, opt, tok, suite, problems, cfg):
             [any(n is not None and n not in suite.tools for n in r.tool_calls) for r in rollouts])),
         "truncated_rate": float(np.mean([r.truncated for r in rollouts])),
         "groups_with_signal": float((rewards.std(1) > 0).float().mean()),
-        "loss": loss_sum, "kl": kl, "clip_frac": clip,
-        "response_tokens": n_gen / len(rollouts), "rollout_tok_s": n_gen / t_rollout,
-        "rollout_time": t_rollout,
+        "response_tokens": float(np.mean([r.n_generated for r in rollouts])),
     }
 
 
 @torch.no_grad()
-def accuracy(model, tok, suite, problems, cfg, batch=24):
-    """Greedy accuracy, tool-call rate and boxed rate on `problems`."""
+def accuracy(model, tok, suite, problems, cfg, batch=25):
+    """Greedy accuracy, tool-call and boxed rates on `problems`, and each problem's 0/1."""
     model.eval()
     policy = rollout_weights(model, compute_dtype(model.device, cfg.precision))
     rs = []
@@ -284,7 +305,9 @@ def accuracy(model, tok, suite, problems, cfg, batch=24):
                                 max_total_tokens=cfg.max_total_tokens, temperature=0)
     return {"accuracy": float(np.mean([r.correct for r in rs])),
             "tool_call_rate": float(np.mean([bool(r.tool_calls) for r in rs])),
-            "boxed_rate": float(np.mean([r.answer is not None for r in rs]))}
+            "boxed_rate": float(np.mean([r.answer is not None for r in rs])),
+            "truncated_rate": float(np.mean([r.truncated for r in rs])),
+            "correct": [int(r.correct) for r in rs]}
 
 
 # ----------------------------------------------------------------------------
@@ -292,7 +315,6 @@ def accuracy(model, tok, suite, problems, cfg, batch=24):
 
 def teacher_trajectories(cfg, suite, tok):
     """[(prompt_ids, ids, mask)] of the teacher's correct trajectories on the training split."""
-    from teacher import read_cache, reference_messages
     train = suite.split("train")
     if cfg.teacher == "reference":
         if not all("solution" in p for p in train):
@@ -317,13 +339,38 @@ def save_checkpoint(path, model, opt, step, cfg, phase):
     os.replace(tmp, path)
 
 
+def drop_metrics_after(path, phase, step):
+    """Keep the metric lines up to the checkpoint (phase, step): a run killed after logging a
+    step but before saving it redoes that step, and logs it once. Rewritten atomically."""
+    if not os.path.exists(path):
+        return
+    order = {"sft": 0, "grpo": 1}
+    with open(path) as f:
+        lines = [line for line in f if line.strip()]
+    keep = [line for line in lines if line.endswith("\n") and
+            (order[json.loads(line)["phase"]], json.loads(line)["step"]) <= (order[phase], step)]
+    if len(keep) < len(lines):
+        with open(path + ".tmp", "w") as f:
+            f.writelines(keep)
+        os.replace(path + ".tmp", path)
+
+
 def restore_rng(rng):
     random.setstate(rng["python"])
     np.random.set_state(rng["numpy"])
     torch.set_rng_state(rng["torch"])
 
 
-CHOICES = {"method": ["grpo", "sft"], "precision": PRECISIONS}
+CHOICES = {"method": ["grpo", "sft"], "precision": PRECISIONS, "reward": VARIANTS}
+
+
+def suite_name(value):
+    """--suite, checked at parse time: a built-in name or a .py file that loads."""
+    try:
+        load_suite(value)
+    except SuiteError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return value
 
 
 def parse_args(argv=None):
@@ -332,28 +379,84 @@ def parse_args(argv=None):
     for name, value in asdict(defaults).items():
         flag = "--" + name.replace("_", "-")
         if isinstance(value, bool):
-            ap.add_argument(flag, action="store_true")
+            ap.add_argument(flag, action="store_true", default=None)
         else:
-            kind = type(value) if value is not None else str
+            kind = suite_name if name == "suite" else type(value) if value is not None else str
             ap.add_argument(flag, type=kind, default=None, choices=CHOICES.get(name))
     args = ap.parse_args(argv)
-    given = {k: v for k, v in vars(args).items() if v not in (None, False)}
+    given = {k: v for k, v in vars(args).items() if v is not None}   # 0 is a value
     student = given.get("student", defaults.student)
     preset = GPU_PRESET if student != DEFAULT_STUDENT else {}
     return Config(**{**asdict(defaults), **preset, **given})
 
 
+def run_sft(model, opt, tok, suite, cfg, log, ckpt_path, step, steps):
+    """SFT steps step..steps on the teacher's trajectories (warm start or the SFT baseline)."""
+    trajs = teacher_trajectories(cfg, suite, tok)
+    bar = tqdm(range(step, steps), desc="sft warm start" if cfg.method == "grpo" else "sft")
+    for step in bar:
+        t0 = time.time()
+        batch = random.sample(trajs, min(cfg.sft_batch_size, len(trajs)))
+        m = {"phase": "sft", "step": step + 1, **sft_step(model, opt, tok, batch, cfg),
+             "step_time": time.time() - t0}
+        log.write(json.dumps(m) + "\n"); log.flush()
+        bar.set_postfix(loss=f"{m['sft_loss']:.3f}", s=f"{m['step_time']:.1f}")
+        if (step + 1) % cfg.save_every == 0 or step + 1 == steps:
+            save_checkpoint(ckpt_path, model, opt, step + 1, cfg, "sft")
+
+
+def run_grpo(model, opt, tok, suite, cfg, log, ckpt_path, step):
+    """GRPO steps step..cfg.steps against a frozen reference: the policy RL starts from."""
+    ref_model = None
+    if cfg.kl_coef > 0:
+        # kept on disk so that a resumed run compares against the same weights
+        ref_path = os.path.join(cfg.out, "reference.pt")
+        if step == 0 or not os.path.exists(ref_path):
+            torch.save(model.state_dict(), ref_path + ".tmp")
+            os.replace(ref_path + ".tmp", ref_path)
+        ref_model = copy.deepcopy(model).requires_grad_(False).eval()
+        ref_model.load_state_dict(torch.load(ref_path, map_location=model.device))
+    train_set = suite.split("train")
+    bar = tqdm(range(step, cfg.steps), desc=f"grpo/{cfg.reward}")
+    for step in bar:
+        t0 = time.time()
+        problems = random.sample(train_set, cfg.batch_size)
+        m = grpo_step(model, ref_model, opt, tok, suite, problems, cfg)
+        m = {"phase": "grpo", "step": step + 1, **m, "step_time": time.time() - t0}
+        log.write(json.dumps(m) + "\n"); log.flush()
+        bar.set_postfix(reward=f"{m['reward_mean']:.3f}", acc=f"{m['accuracy']:.2f}",
+                        tools=f"{m['tool_call_rate']:.2f}", s=f"{m['step_time']:.0f}")
+        if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps:
+            save_checkpoint(ckpt_path, model, opt, step + 1, cfg, "grpo")
+
+
+def held_out(evals, name, model, tok, suite, test_set, cfg, path):
+    """Greedy evaluation `name` ("start", "rl_start", "end"), done once: kept in OUT/evals.json
+    (written atomically) so that a resumed run reports the evaluations of its earlier part."""
+    if name not in evals:
+        evals[name] = accuracy(model, tok, suite, test_set, cfg)
+        with open(path + ".tmp", "w") as f:
+            json.dump(evals, f)
+        os.replace(path + ".tmp", path)
+    return evals[name]
+
+
+def gain(before, after):
+    """'0.170 -> 0.260 (+0.090, 95% CI [+0.020, +0.160], paired bootstrap, n=100)'."""
+    d, lo, hi = paired_bootstrap_ci(after["correct"], before["correct"])
+    return (f"{before['accuracy']:.3f} -> {after['accuracy']:.3f} ({d:+.3f}, 95% CI "
+            f"[{lo:+.3f}, {hi:+.3f}], paired bootstrap, n={len(after['correct'])})")
+
+
 def train(cfg):
-    from tqdm import tqdm
     random.seed(cfg.seed); np.random.seed(cfg.seed); torch.manual_seed(cfg.seed)
     os.makedirs(cfg.out, exist_ok=True)
     ckpt_path = os.path.join(cfg.out, CHECKPOINT_FILE)
     tok, model = load_model(cfg.init or cfg.student, device=cfg.device)
     suite = load_suite(cfg.suite)
     if cfg.teacher != "reference":
-        from teacher import apply_teacher_tools
         suite.problems = apply_teacher_tools(suite.problems, cfg.teacher)
-    train_set, test_set = suite.split("train"), suite.split("test")[:cfg.eval_n]
+    test_set = suite.split("test")[:cfg.eval_n]
     with open(os.path.join(cfg.out, "run.json"), "w") as f:
         json.dump({"student": cfg.student, **asdict(cfg)}, f, indent=1)
 
@@ -362,77 +465,62 @@ def train(cfg):
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.sft_lr if sft_steps else cfg.lr,
                             weight_decay=0.0)
     step, phase = 0, "sft" if sft_steps else "grpo"
-    resumed = cfg.resume and os.path.exists(ckpt_path)
-    if resumed:
+    if cfg.resume and os.path.exists(ckpt_path):
         state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
         model.load_state_dict(state["model"])
         step, phase = state["step"], state["phase"]
         opt.load_state_dict(state["optimizer"])           # its lr included
         restore_rng(state["rng"])
+        drop_metrics_after(os.path.join(cfg.out, "metrics.jsonl"), phase, step)
         print(f"resumed {cfg.out} at {phase} step {step}")
-    log = open(os.path.join(cfg.out, "metrics.jsonl"), "a")
+    elif cfg.resume:
+        print(f"not resumed: no checkpoint in {cfg.out}, starting fresh")
+    resumed = cfg.resume and os.path.exists(ckpt_path)
+    log = open(os.path.join(cfg.out, "metrics.jsonl"), "a" if resumed else "w")  # fresh: anew
+    evals_path = os.path.join(cfg.out, "evals.json")
+    evals = {}
+    if resumed and os.path.exists(evals_path):
+        with open(evals_path) as f:
+            evals = json.load(f)
+    evaluate = functools.partial(held_out, evals, model=model, tok=tok, suite=suite,
+                                 test_set=test_set, cfg=cfg, path=evals_path)
 
-    before = None
-    if not resumed and test_set:
-        before = accuracy(model, tok, suite, test_set, cfg)
-        print(f"before: {before}")
-
+    if test_set and phase == "sft" and step == 0:
+        print(f"start: {brief(evaluate('start'))}")
     if phase == "sft" and sft_steps:
-        trajs = teacher_trajectories(cfg, suite, tok)
-        bar = tqdm(range(step, sft_steps), desc="sft warm start" if cfg.method == "grpo" else "sft")
-        for step in bar:
-            t0 = time.time()
-            batch = random.sample(trajs, min(cfg.sft_batch_size, len(trajs)))
-            m = {"phase": "sft", "step": step + 1, **sft_step(model, opt, tok, batch, cfg),
-                 "step_time": time.time() - t0}
-            log.write(json.dumps(m) + "\n"); log.flush()
-            bar.set_postfix(loss=f"{m['sft_loss']:.3f}", s=f"{m['step_time']:.1f}")
-            if (step + 1) % cfg.save_every == 0 or step + 1 == sft_steps:
-                save_checkpoint(ckpt_path, model, opt, step + 1, cfg, "sft")
+        run_sft(model, opt, tok, suite, cfg, log, ckpt_path, step, sft_steps)
         step, phase = 0, "grpo"
         opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
         if rl_steps:
             save_checkpoint(ckpt_path, model, opt, 0, cfg, "grpo")
-
     if phase == "grpo" and rl_steps:
-        # The frozen reference is the policy RL starts from (after any warm start).
-        # It is kept on disk so that a resumed run compares against the same weights.
-        ref_model = None
-        if cfg.kl_coef > 0:
-            ref_path = os.path.join(cfg.out, "reference.pt")
-            if step == 0 or not os.path.exists(ref_path):
-                torch.save(model.state_dict(), ref_path + ".tmp")
-                os.replace(ref_path + ".tmp", ref_path)
-            ref_model = copy.deepcopy(model).requires_grad_(False).eval()
-            ref_model.load_state_dict(torch.load(ref_path, map_location=model.device))
-        bar = tqdm(range(step, rl_steps), desc=f"grpo/{cfg.reward}")
-        for step in bar:
-            t0 = time.time()
-            problems = random.sample(train_set, cfg.batch_size)
-            m = grpo_step(model, ref_model, opt, tok, suite, problems, cfg)
-            m = {"phase": "grpo", "step": step + 1, **m, "step_time": time.time() - t0}
-            log.write(json.dumps(m) + "\n"); log.flush()
-            bar.set_postfix(reward=f"{m['reward_mean']:.3f}", acc=f"{m['accuracy']:.2f}",
-                            tools=f"{m['tool_call_rate']:.2f}", s=f"{m['step_time']:.0f}")
-            if (step + 1) % cfg.save_every == 0 or step + 1 == rl_steps:
-                save_checkpoint(ckpt_path, model, opt, step + 1, cfg, "grpo")
+        if test_set:   # the policy RL starts from (after any warm start)
+            print(f"RL start: {brief(evaluate('rl_start'))}")
+        run_grpo(model, opt, tok, suite, cfg, log, ckpt_path, step)
 
-    after = accuracy(model, tok, suite, test_set, cfg) if test_set else None
-    result = {"before": before, "after": after, "eval_problems": len(test_set)}
+    result = {"eval_problems": len(test_set)}
+    if test_set:
+        evaluate("end")
+        result.update(evals)
+        where = f"held-out accuracy, {len(test_set)} {cfg.suite} test problems, greedy"
+        if "start" in evals and sft_steps:
+            what = "warm start" if cfg.method == "grpo" else "SFT"
+            print(f"{what} ({sft_steps} SFT steps), {where}: "
+                  f"{gain(evals['start'], evals['rl_start' if rl_steps else 'end'])}")
+        if rl_steps:
+            print(f"RL phase ({rl_steps} GRPO steps, {cfg.reward} reward), {where}: "
+                  f"{gain(evals['rl_start'], evals['end'])}")
     with open(os.path.join(cfg.out, "result.json"), "w") as f:
         json.dump(result, f, indent=1)
-    if before:
-        print(f"held-out accuracy ({len(test_set)} {cfg.suite} test problems, greedy): "
-              f"before {before['accuracy']:.3f} -> after {after['accuracy']:.3f} | "
-              f"tool-call rate {before['tool_call_rate']:.2f} -> {after['tool_call_rate']:.2f} | "
-              f"boxed rate {before['boxed_rate']:.2f} -> {after['boxed_rate']:.2f}")
-    elif after:
-        print(f"after: {after}")
+    plot_training(os.path.join(cfg.out, "metrics.jsonl"), os.path.join(cfg.out, "curves.png"))
     return result
 
 
+def brief(m):
+    return " | ".join(f"{k} {v:.3f}" for k, v in m.items() if k != "correct")
+
+
 if __name__ == "__main__":
-    from model import ModelNotAvailable
     try:
         train(parse_args())
     except ModelNotAvailable as e:

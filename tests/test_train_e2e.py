@@ -19,22 +19,49 @@ def metrics(out):
 
 def test_grpo_with_warm_start_runs_and_logs_everything(tmp_path):
     out = str(tmp_path / "mentor")
-    # bf16 matmuls whatever the CPU ('auto' picks them only with AVX-512): the mixed path runs
-    result = train.train(Config(**TINY, warmup_sft_steps=2, steps=2, precision="bf16", out=out))
+    # precision 'auto': bf16 matmuls on an AVX-512 CPU, fp32 on an AVX2-only one (where bf16
+    # is ~4x slower); the bf16 path is pinned on a tiny model below, whatever the CPU
+    result = train.train(Config(**TINY, warmup_sft_steps=2, steps=2, out=out))
     rows = metrics(out)
     assert [r["phase"] for r in rows] == ["sft", "sft", "grpo", "grpo"]
     for key in ("reward_mean", "reward_std", "accuracy", "tool_call_rate", "hallucinated_tool_rate",
                 "kl", "clip_frac", "response_tokens", "rollout_tok_s", "step_time"):
         assert key in rows[-1], key
     assert rows[-1]["clip_frac"] == 0.0  # one PPO epoch: ratio is exactly 1
-    assert set(result) >= {"before", "after"}
+    assert set(result) >= {"start", "rl_start", "end"}
+    assert len(result["end"]["correct"]) == result["eval_problems"] == 2
+    assert os.path.getsize(os.path.join(out, "curves.png")) > 1000
     # the run folder is a model: evaluate/load_model read it back
     from model import load_model
     _, model = load_model(out, device="cpu")
     state = torch.load(os.path.join(out, "checkpoint.pt"), weights_only=False)["model"]
     name, w = next(iter(state.items()))
     assert torch.equal(model.state_dict()[name], w)
-    assert w.dtype == torch.float32           # trained weights stay fp32; only matmuls were bf16
+    assert w.dtype == torch.float32           # trained weights stay fp32
+
+
+def test_bf16_grpo_step_keeps_fp32_weights(math_suite, monkeypatch):
+    """The mixed path (bf16 rollout copy, bf16 autocast loss) on a tiny random model with the
+    real tokenizer: fast on any CPU. The weights move, and stay fp32 and finite."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+    from model import load_model
+    tok, _ = load_model("SmolLM2-135M", device="cpu")
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
+                                         num_hidden_layers=2, num_attention_heads=4,
+                                         num_key_value_heads=2, max_position_embeddings=2048))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    cfg = Config(**dict(TINY, group_size=4), precision="bf16")
+    rewards = iter([0.0, 1.0, 0.1, 0.5] * 2)         # a random model earns nothing: force a signal
+    monkeypatch.setattr(train, "compute_reward", lambda *a: (next(rewards), {}))
+    m = train.grpo_step(model, None, opt, tok, math_suite, math_suite.split("train")[:2], cfg)
+    assert {"loss", "reward_mean", "kl"} <= set(m)
+    for k, v in model.state_dict().items():
+        assert v.dtype == torch.float32 and torch.isfinite(v).all(), k
+    assert m["groups_with_signal"] == 1.0
+    assert all(not torch.equal(before[k], v) for k, v in model.state_dict().items()
+               if "rotary" not in k)
 
 
 def test_sft_baseline_lowers_its_loss(tmp_path):
@@ -92,3 +119,50 @@ def test_missing_model_is_a_one_line_error(tmp_path):
     last = p.stderr.strip().splitlines()[-1]
     assert "Qwen/Qwen2.5-0.5B-Instruct" in last and "not available offline" in last
     assert "Traceback" not in p.stderr
+
+
+def test_zero_is_a_value_and_names_are_checked_at_parse_time():
+    cfg = train.parse_args(["--kl-coef", "0", "--warmup-sft-steps", "0", "--eval-n", "0"])
+    assert (cfg.kl_coef, cfg.warmup_sft_steps, cfg.eval_n) == (0.0, 0, 0)
+    with pytest.raises(SystemExit):
+        train.parse_args(["--reward", "mentr"])
+    with pytest.raises(SystemExit):
+        train.parse_args(["--suite", "no_such_suite"])
+    assert train.parse_args(["--suite", "shop"]).suite == "shop"
+
+
+def test_sigkill_mid_grpo_step_then_resume_matches_an_uninterrupted_run(tmp_path):
+    """A train.py process killed with SIGKILL during a GRPO step and run again with --resume
+    ends with the same metrics and bit-identical weights as a run that was never killed."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    flags = ["--warmup-sft-steps", "0", "--steps", "2", "--batch-size", "1", "--group-size", "2",
+             "--max-new-tokens", "16", "--max-total-tokens", "24", "--max-turns", "2",
+             "--eval-n", "0", "--save-every", "1", "--seed", "3"]
+
+    def run(out, *extra):
+        return subprocess.Popen([sys.executable, "train.py", *flags, "--out", out, *extra],
+                                cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    full, killed = str(tmp_path / "full"), str(tmp_path / "killed")
+    assert run(full).wait(timeout=600) == 0
+    p = run(killed)
+    deadline = time.time() + 600
+    while not os.path.exists(os.path.join(killed, "checkpoint.pt")):   # step 1 saved
+        assert p.poll() is None and time.time() < deadline
+        time.sleep(0.05)
+    time.sleep(0.5)                                      # step 2 under way
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    assert len(metrics(killed)) < 2                      # it died before the end
+    assert run(killed, "--resume").wait(timeout=600) == 0
+    a, b = metrics(full), metrics(killed)
+    assert [r["step"] for r in b] == [1, 2]
+    for ra, rb in zip(a, b):
+        for key in ("loss", "reward_mean", "response_tokens", "kl", "accuracy"):
+            assert ra[key] == rb[key], (ra["step"], key)
+    wa = torch.load(os.path.join(full, "checkpoint.pt"), weights_only=False)["model"]
+    wb = torch.load(os.path.join(killed, "checkpoint.pt"), weights_only=False)["model"]
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
