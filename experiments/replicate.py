@@ -11,9 +11,12 @@ From one student and one set of teacher trajectories it trains, per seed:
     (--ablations)  grpo-partial, grpo-no_tool_match, grpo-f1
 The warm start (SFT, cold start for a student that calls no tools) is shared by
 every RL run of a seed and is evaluated too, as the point RL starts from. Every
-checkpoint and the base model are evaluated on math (in domain), retrieval and
-BFCL (out of domain); one table (mean +- std over seeds), evaluate.py's plots
-and the training curves are written.
+method takes the same number of optimizer steps. Every checkpoint and the base
+model are evaluated greedily on math (in domain, its test split) and on
+retrieval, BFCL, shop and dates (out of domain, all problems). table.md gives
+mean +- std over seeds and paired bootstrap 95% CIs of MENTOR - SFT and
+MENTOR - sparse per suite; accuracy.png (error bars: std over seeds),
+jsd_vs_accuracy.png and training_curves.png go beside it.
 
 It resumes: a finished run (result.json) or evaluation (eval_*.json) is
 skipped, an unfinished run continues from its checkpoint.
@@ -24,39 +27,46 @@ import os
 import sys
 import time
 
+import matplotlib.pyplot as plt
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-# eval_limit: problems per suite (BFCL: per category, 5 categories). The cpu preset
-# took about 1 h on 2 cores (README); BFCL's long prompts make it the costly suite there.
+from evaluate import evaluate_model, paired_bootstrap_ci, plot  # noqa: E402
+from model import DEFAULT_STUDENT  # noqa: E402
+from train import GPU_PRESET, Config, train  # noqa: E402
+
+# eval_limit: problems per suite (BFCL: per category, 5 categories; None: all). The cpu
+# preset trains with train.py's defaults (those of `make train`): the same warm start
+# length and the same number of optimizer steps for every method.
+SUITES = ["math", "retrieval", "bfcl", "shop", "dates"]
+IN_DOMAIN = ("math",)          # trained on: scored on its test split; the others on everything
 PRESETS = {
-    "cpu": dict(student="SmolLM2-135M", warm_steps=6, rl_steps=8, batch_size=2, group_size=4,
-                eval_limit={"math": 24, "retrieval": 24, "bfcl": 4}, out="runs/replicate-cpu"),
+    "cpu": dict(student="SmolLM2-135M", warm_steps=Config.warmup_sft_steps, rl_steps=Config.steps,
+                eval_limit={"math": 200, "retrieval": None, "bfcl": 20, "shop": None,
+                            "dates": None}, out="runs/replicate-cpu"),
     "gpu": dict(student="Qwen2.5-0.5B", warm_steps=0, rl_steps=150, batch_size=16, group_size=8,
-                eval_limit={"math": 200, "retrieval": 160, "bfcl": 40}, out="runs/replicate-gpu"),
+                eval_limit={"math": 300, "retrieval": None, "bfcl": 40, "shop": None,
+                            "dates": None}, out="runs/replicate-gpu"),
     # a few minutes end to end: checks the pipeline, says nothing about the method
     "smoke": dict(student="SmolLM2-135M", warm_steps=1, rl_steps=1, batch_size=1, group_size=2,
-                  eval_limit={"math": 2, "retrieval": 2, "bfcl": 1}, out="runs/replicate-smoke",
+                  eval_limit={s: 2 for s in SUITES} | {"bfcl": 1}, out="runs/replicate-smoke",
                   max_new_tokens=16, max_total_tokens=32),
 }
-SUITES = ["math", "retrieval", "bfcl"]
+TRAIN_KEYS = ("batch_size", "group_size", "max_new_tokens", "max_total_tokens")
 
 
 def run_train(cfg_kwargs):
-    from train import Config, train
     out = cfg_kwargs["out"]
     if os.path.exists(os.path.join(out, "result.json")):
         return
-    cfg = Config(**cfg_kwargs, resume=os.path.exists(os.path.join(out, "checkpoint.pt")))
-    train(cfg)
+    train(Config(**cfg_kwargs, resume=os.path.exists(os.path.join(out, "checkpoint.pt"))))
 
 
 def run_eval(name, model, root, limit, gen):
-    from evaluate import evaluate_model
     path = os.path.join(root, f"eval_{name}.json")
     if not os.path.exists(path):
-        res = evaluate_model(model, SUITES, limit=limit, **gen)
+        res = evaluate_model(model, SUITES, limit=limit, trained_on=IN_DOMAIN, **gen)
         with open(path + ".tmp", "w") as f:
             json.dump(res, f, indent=1)
         os.replace(path + ".tmp", path)
@@ -64,62 +74,108 @@ def run_eval(name, model, root, limit, gen):
         return json.load(f)
 
 
-def curves(runs, root):
-    """training_curves.png: reward and rollout accuracy per GRPO step, SFT loss per SFT step."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
-    for name, out in runs.items():
-        path = os.path.join(out, "metrics.jsonl")
-        if not os.path.exists(path):
-            continue
-        rows = [json.loads(line) for line in open(path)]
-        rl = [r for r in rows if r["phase"] == "grpo"]
-        sft = [r for r in rows if r["phase"] == "sft"]
-        if rl:
-            axes[0].plot([r["step"] for r in rl], [r["reward_mean"] for r in rl], "o-", label=name)
-            axes[1].plot([r["step"] for r in rl], [r["accuracy"] for r in rl], "o-", label=name)
-        if sft:
-            axes[2].plot([r["step"] for r in sft], [r["sft_loss"] for r in sft], "o-", label=name)
-    axes[0].set_title("mean reward (each run's own reward)")
-    axes[1].set_title("rollout accuracy (sampled, T=1)")
-    axes[2].set_title("SFT loss (teacher trajectories)")
-    for ax, xl in zip(axes, ["GRPO step", "GRPO step", "SFT step"]):
-        ax.set_xlabel(xl)
+def mean_curve(paths, key, phase):
+    """Mean over seeds of metrics[key] per step (steps every seed has)."""
+    runs = []
+    for p in paths:
+        if os.path.exists(p):
+            with open(p) as f:
+                runs.append([json.loads(line)[key] for line in f
+                             if json.loads(line)["phase"] == phase])
+    n = min(map(len, runs), default=0)
+    return np.arange(1, n + 1), np.mean([r[:n] for r in runs], 0) if n else []
+
+
+def curves(methods, root, seeds):
+    """training_curves.png: per method, mean over seeds of reward, rollout accuracy, groups
+    with signal (GRPO) and of the SFT loss."""
+    fig, axes = plt.subplots(1, 4, figsize=(16, 3.4))
+    for m in methods:
+        paths = [os.path.join(root, f"{m}-s{s}", "metrics.jsonl") for s in seeds]
+        phase = "sft" if m in ("sft", "warm") else "grpo"
+        keys = ["sft_loss"] if phase == "sft" else ["reward_mean", "accuracy", "groups_with_signal"]
+        for key in keys:
+            ax = axes[3] if key == "sft_loss" else axes[["reward_mean", "accuracy",
+                                                         "groups_with_signal"].index(key)]
+            x, y = mean_curve(paths, key, phase)
+            if len(x):
+                ax.plot(x, y, "o-", ms=3, label=m)
+    titles = ["mean reward (each run's own reward)", "rollout accuracy (sampled)",
+              "groups with signal", "SFT loss (teacher trajectories)"]
+    for ax, t, xl in zip(axes, titles, ["GRPO step"] * 3 + ["SFT step"]):
+        ax.set(title=t + f" - mean of {len(seeds)} seeds", xlabel=xl)
         ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(os.path.join(root, "training_curves.png"), dpi=120)
+    fig.savefig(os.path.join(root, "training_curves.png"), dpi=110)
+    plt.close("all")
+
+
+def cell(values):
+    v = np.asarray(values, float)
+    return f"{v.mean():.3f} ± {v.std():.3f}" if len(v) > 1 else f"{v[0]:.3f}"
+
+
+def tables(results, methods, seeds):
+    """Markdown: mean ± std over seeds per method and suite; paired bootstrap CIs."""
+    per = {m: [results["base"]] if m == "base" else [results[f"{m}-s{s}"] for s in seeds
+                                                      if f"{m}-s{s}" in results]
+           for m in methods}
+    n = {s: results["base"][s]["n"] for s in SUITES}
+    lines = ["| method | seeds | " + " | ".join(f"{s} acc (n={n[s]})" for s in SUITES) + " | " +
+             " | ".join(f"{s} tool-JSD" for s in SUITES) + " |", "|" + "---|" * (2 + 2 * len(SUITES))]
+    for m, rs in per.items():
+        if rs:
+            lines.append(f"| {m} | {len(rs)} | " + " | ".join(
+                cell([r[s][k] for r in rs]) for k in ("accuracy", "tool_jsd") for s in SUITES) + " |")
+    lines += ["", "Paired bootstrap 95% CI of the accuracy difference (problems and seeds "
+              "resampled, 10,000 replicates; seeds paired by their shared warm start):", "",
+              "| comparison | seeds | " + " | ".join(SUITES) + " |", "|" + "---|" * (2 + len(SUITES))]
+    for a, b in (("grpo-mentor", "sft"), ("grpo-mentor", "grpo-sparse")):
+        both = [s for s in seeds if f"{a}-s{s}" in results and f"{b}-s{s}" in results]
+        if not both:
+            continue
+        cells = []
+        for suite in SUITES:
+            d, lo, hi = paired_bootstrap_ci([results[f"{a}-s{s}"][suite]["correct"] for s in both],
+                                            [results[f"{b}-s{s}"][suite]["correct"] for s in both])
+            cells.append(f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}]")
+        lines.append(f"| {a} - {b} | {len(both)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines), {m: {s: {"accuracy": float(np.mean([r[s]["accuracy"] for r in rs])),
+                                     "accuracy_std": float(np.std([r[s]["accuracy"] for r in rs])),
+                                     "tool_jsd": float(np.mean([r[s]["tool_jsd"] for r in rs]))}
+                                 for s in SUITES} for m, rs in per.items() if rs}
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--preset", choices=PRESETS, default="cpu")
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--ablations", action="store_true")
     args = ap.parse_args(argv)
     p = dict(PRESETS[args.preset])
     root = p.pop("out")
     os.makedirs(root, exist_ok=True)
     t0 = time.time()
-    gen = {k: p[k] for k in ("max_new_tokens", "max_total_tokens") if k in p}
-    from model import DEFAULT_STUDENT
-    from train import GPU_PRESET
     # eval_n=0: train.py skips its own before/after check; every model is evaluated below
-    common = dict(student=p["student"], batch_size=p["batch_size"], group_size=p["group_size"],
-                  eval_n=0, **gen)
+    common = dict(student=p["student"], eval_n=0, **{k: p[k] for k in TRAIN_KEYS if k in p})
     if p["student"] != DEFAULT_STUDENT:  # lr, token limits and micro-batch suited to one GPU
         common = {**{k: v for k, v in GPU_PRESET.items()
                      if k not in ("steps", "warmup_sft_steps", "eval_n")}, **common}
+    cfg = Config(**common)
+    gen = dict(max_new_tokens=cfg.max_new_tokens, max_total_tokens=cfg.max_total_tokens,
+               max_turns=cfg.max_turns)
     rewards = ["sparse", "mentor"] + (["partial", "no_tool_match", "f1"] if args.ablations else [])
-    runs = {}
-    for seed in args.seeds:
+    methods = ["base"] + (["warm"] if p["warm_steps"] else []) + ["sft"] + \
+        [f"grpo-{r}" for r in rewards]
+    results = {"base": run_eval("base", p["student"], root, p["eval_limit"], gen)}
+    for seed in args.seeds:   # a seed at a time: its evaluations land before the next seed
         warm = None
+        runs = {}
         if p["warm_steps"]:
             warm = os.path.join(root, f"warm-s{seed}")
             run_train(dict(common, method="sft", steps=p["warm_steps"], seed=seed, out=warm))
-            runs[f"warm-s{seed}"] = warm            # where every RL run starts
         sft = os.path.join(root, f"sft-s{seed}")
+        # equal optimizer steps: SFT gets the warm start's steps plus as many as RL takes
         run_train(dict(common, method="sft", steps=p["warm_steps"] + p["rl_steps"], seed=seed,
                        out=sft))
         runs[f"sft-s{seed}"] = sft
@@ -128,37 +184,19 @@ def main(argv=None):
             run_train(dict(common, method="grpo", reward=r, init=warm, warmup_sft_steps=0,
                            steps=p["rl_steps"], seed=seed, out=out))
             runs[f"grpo-{r}-s{seed}"] = out
-
-    results = {"base": run_eval("base", p["student"], root, p["eval_limit"], gen)}
-    for name, out in runs.items():
-        results[name] = run_eval(name, out, root, p["eval_limit"], gen)
-
-    # mean +- std over seeds per method
-    methods = ["base"] + (["warm"] if p["warm_steps"] else []) + ["sft"] + \
-        [f"grpo-{r}" for r in rewards]
-    lines = ["| method | seeds | " + " | ".join(f"{s} acc" for s in SUITES) + " | " +
-             " | ".join(f"{s} tool-JSD" for s in SUITES) + " |",
-             "|" + "---|" * (2 + 2 * len(SUITES))]
-    summary = {}
-    for m in methods:
-        rs = [results["base"]] if m == "base" else \
-            [results[f"{m}-s{s}"] for s in args.seeds]
-        cells = []
-        for key in ("accuracy", "tool_jsd"):
-            for s in SUITES:
-                v = np.array([r[s][key] for r in rs])
-                cells.append(f"{v.mean():.3f} ± {v.std():.3f}" if len(v) > 1 else f"{v[0]:.3f}")
-        summary[m] = {s: {k: float(np.mean([r[s][k] for r in rs])) for k in ("accuracy", "tool_jsd")}
-                      for s in SUITES}
-        lines.append(f"| {m} | {len(rs)} | " + " | ".join(cells) + " |")
-    table = "\n".join(lines)
-    print(table)
-    from evaluate import plot
-    plot(summary, SUITES, root)
-    curves(runs, root)
-    with open(os.path.join(root, "table.md"), "w") as f:
-        f.write(table + f"\n\npreset {args.preset}, seeds {args.seeds}, "
-                        f"wall time this invocation {time.time() - t0:.0f} s\n")
+        if warm:
+            runs[f"warm-s{seed}"] = warm           # where every RL run starts
+        for name, out in runs.items():
+            results[name] = run_eval(name, out, root, p["eval_limit"], gen)
+        table, summary = tables(results, methods, args.seeds)
+        plot(summary, SUITES, root)
+        curves(methods[1:], root, args.seeds)
+        with open(os.path.join(root, "table.md"), "w") as f:
+            f.write(table + f"\n\npreset {args.preset}, seeds {args.seeds}; per seed: warm start "
+                    f"{p['warm_steps']} SFT steps; sft {p['warm_steps'] + p['rl_steps']} SFT steps; "
+                    f"grpo-* warm start + {p['rl_steps']} GRPO steps (equal optimizer steps); "
+                    f"wall time of this invocation {time.time() - t0:.0f} s\n")
+        print(table)
     print(f"wrote {root}/table.md, accuracy.png, jsd_vs_accuracy.png, training_curves.png")
 
 
