@@ -1,6 +1,6 @@
 """GRPO with MENTOR's teacher-guided reward, plus sparse-RL and SFT baselines, by hand.
 
-    python train.py                                   # embedded SmolLM2-135M, CPU, < 15 min
+    python train.py                                   # embedded SmolLM2-135M, CPU, ~15 min
     python train.py --student Qwen2.5-0.5B            # one GPU, bf16
     python train.py --reward sparse                   # sparse-reward RL baseline
     python train.py --method sft --steps 100          # SFT on teacher trajectories
@@ -61,9 +61,9 @@ class Config:
     suite: str = "math"
     teacher: str = "reference"      # trajectory JSONL from teacher.py, or 'reference' (offline solver)
     init: str = None                # start from this run folder (e.g. a shared SFT warm start)
-    steps: int = 3                  # GRPO (or SFT) steps after the warm start
-    warmup_sft_steps: int = 6       # SFT steps on teacher trajectories before RL (cold start)
-    batch_size: int = 2             # questions per step (SFT: trajectories per step)
+    steps: int = 12                 # GRPO (or SFT) steps after the warm start
+    warmup_sft_steps: int = 10      # SFT steps on teacher trajectories before RL (cold start)
+    batch_size: int = 8             # questions per step (SFT: trajectories per step)
     sft_batch_size: int = 8
     group_size: int = 4             # G rollouts per question
     lr: float = 1e-5
@@ -76,7 +76,7 @@ class Config:
     max_total_tokens: int = 192     # generated tokens per rollout, all turns
     temperature: float = 1.0
     micro_batch: int = 4            # rows per forward/backward (memory)
-    eval_n: int = 16                # held-out problems for before/after accuracy (0: skip)
+    eval_n: int = 100               # held-out problems for the evaluations (0: skip)
     save_every: int = 2
     seed: int = 0
     precision: str = "auto"         # matmuls in bf16 where fast (model.compute_dtype) | fp32 | bf16
