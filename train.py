@@ -465,7 +465,8 @@ def train(cfg):
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.sft_lr if sft_steps else cfg.lr,
                             weight_decay=0.0)
     step, phase = 0, "sft" if sft_steps else "grpo"
-    if cfg.resume and os.path.exists(ckpt_path):
+    resumed = cfg.resume and os.path.exists(ckpt_path)
+    if resumed:
         state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
         model.load_state_dict(state["model"])
         step, phase = state["step"], state["phase"]
@@ -475,7 +476,6 @@ def train(cfg):
         print(f"resumed {cfg.out} at {phase} step {step}")
     elif cfg.resume:
         print(f"not resumed: no checkpoint in {cfg.out}, starting fresh")
-    resumed = cfg.resume and os.path.exists(ckpt_path)
     log = open(os.path.join(cfg.out, "metrics.jsonl"), "a" if resumed else "w")  # fresh: anew
     evals_path = os.path.join(cfg.out, "evals.json")
     evals = {}
@@ -494,7 +494,7 @@ def train(cfg):
         if rl_steps:
             save_checkpoint(ckpt_path, model, opt, 0, cfg, "grpo")
     if phase == "grpo" and rl_steps:
-        if test_set:   # the policy RL starts from (after any warm start)
+        if test_set and (step == 0 or "rl_start" in evals):   # the policy RL starts from
             print(f"RL start: {brief(evaluate('rl_start'))}")
         run_grpo(model, opt, tok, suite, cfg, log, ckpt_path, step)
 
@@ -503,11 +503,11 @@ def train(cfg):
         evaluate("end")
         result.update(evals)
         where = f"held-out accuracy, {len(test_set)} {cfg.suite} test problems, greedy"
-        if "start" in evals and sft_steps:
+        if "start" in evals and sft_steps and ("rl_start" in evals or not rl_steps):
             what = "warm start" if cfg.method == "grpo" else "SFT"
             print(f"{what} ({sft_steps} SFT steps), {where}: "
                   f"{gain(evals['start'], evals['rl_start' if rl_steps else 'end'])}")
-        if rl_steps:
+        if rl_steps and "rl_start" in evals:
             print(f"RL phase ({rl_steps} GRPO steps, {cfg.reward} reward), {where}: "
                   f"{gain(evals['rl_start'], evals['end'])}")
     with open(os.path.join(cfg.out, "result.json"), "w") as f:
