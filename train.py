@@ -282,15 +282,20 @@ def rollout_metrics(rollouts, rewards, scored, suite):
     return {
         "reward_mean": rewards.mean().item(), "reward_std": rewards.std(unbiased=False).item(),
         **{f"reward/{k}": v for k, v in parts.items()},
-        "accuracy": float(np.mean([r.correct for r in rollouts])),
-        "tool_call_rate": float(np.mean([bool(r.tool_calls) for r in rollouts])),
-        "boxed_rate": float(np.mean([r.answer is not None for r in rollouts])),
+        **rollout_rates(rollouts),
         "hallucinated_tool_rate": float(np.mean(
             [any(n is not None and n not in suite.tools for n in r.tool_calls) for r in rollouts])),
-        "truncated_rate": float(np.mean([r.truncated for r in rollouts])),
         "groups_with_signal": float((rewards.std(1) > 0).float().mean()),
         "response_tokens": float(np.mean([r.n_generated for r in rollouts])),
     }
+
+
+def rollout_rates(rollouts):
+    """Accuracy, tool-call, boxed and truncated rates of a list of rollouts."""
+    return {"accuracy": float(np.mean([r.correct for r in rollouts])),
+            "tool_call_rate": float(np.mean([bool(r.tool_calls) for r in rollouts])),
+            "boxed_rate": float(np.mean([r.answer is not None for r in rollouts])),
+            "truncated_rate": float(np.mean([r.truncated for r in rollouts]))}
 
 
 @torch.no_grad()
@@ -303,11 +308,7 @@ def accuracy(model, tok, suite, problems, cfg, batch=25):
         rs += generate_rollouts(policy, tok, problems[i:i + batch], suite.tools, suite.schemas,
                                 max_turns=cfg.max_turns, max_new_tokens=cfg.max_new_tokens,
                                 max_total_tokens=cfg.max_total_tokens, temperature=0)
-    return {"accuracy": float(np.mean([r.correct for r in rs])),
-            "tool_call_rate": float(np.mean([bool(r.tool_calls) for r in rs])),
-            "boxed_rate": float(np.mean([r.answer is not None for r in rs])),
-            "truncated_rate": float(np.mean([r.truncated for r in rs])),
-            "correct": [int(r.correct) for r in rs]}
+    return {**rollout_rates(rs), "correct": [int(r.correct) for r in rs]}
 
 
 # ----------------------------------------------------------------------------
@@ -347,8 +348,11 @@ def drop_metrics_after(path, phase, step):
     order = {"sft": 0, "grpo": 1}
     with open(path) as f:
         lines = [line for line in f if line.strip()]
-    keep = [line for line in lines if line.endswith("\n") and
-            (order[json.loads(line)["phase"]], json.loads(line)["step"]) <= (order[phase], step)]
+    keep = []
+    for line in lines:
+        row = json.loads(line) if line.endswith("\n") else None   # a torn last line is dropped
+        if row and (order[row["phase"]], row["step"]) <= (order[phase], step):
+            keep.append(line)
     if len(keep) < len(lines):
         with open(path + ".tmp", "w") as f:
             f.writelines(keep)
@@ -482,11 +486,11 @@ def train(cfg):
     if resumed and os.path.exists(evals_path):
         with open(evals_path) as f:
             evals = json.load(f)
-    evaluate = functools.partial(held_out, evals, model=model, tok=tok, suite=suite,
-                                 test_set=test_set, cfg=cfg, path=evals_path)
+    evaluate_once = functools.partial(held_out, evals, model=model, tok=tok, suite=suite,
+                                      test_set=test_set, cfg=cfg, path=evals_path)
 
     if test_set and phase == "sft" and step == 0:
-        print(f"start: {brief(evaluate('start'))}")
+        print(f"start: {brief(evaluate_once('start'))}")
     if phase == "sft" and sft_steps:
         run_sft(model, opt, tok, suite, cfg, log, ckpt_path, step, sft_steps)
         step, phase = 0, "grpo"
@@ -495,12 +499,12 @@ def train(cfg):
             save_checkpoint(ckpt_path, model, opt, 0, cfg, "grpo")
     if phase == "grpo" and rl_steps:
         if test_set and (step == 0 or "rl_start" in evals):   # the policy RL starts from
-            print(f"RL start: {brief(evaluate('rl_start'))}")
+            print(f"RL start: {brief(evaluate_once('rl_start'))}")
         run_grpo(model, opt, tok, suite, cfg, log, ckpt_path, step)
 
     result = {"eval_problems": len(test_set)}
     if test_set:
-        evaluate("end")
+        evaluate_once("end")
         result.update(evals)
         where = f"held-out accuracy, {len(test_set)} {cfg.suite} test problems, greedy"
         if "start" in evals and sft_steps and ("rl_start" in evals or not rl_steps):

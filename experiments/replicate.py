@@ -80,8 +80,8 @@ def mean_curve(paths, key, phase):
     for p in paths:
         if os.path.exists(p):
             with open(p) as f:
-                runs.append([json.loads(line)[key] for line in f
-                             if json.loads(line)["phase"] == phase])
+                rows = [json.loads(line) for line in f]
+            runs.append([row[key] for row in rows if row["phase"] == phase])
     n = min(map(len, runs), default=0)
     return np.arange(1, n + 1), np.mean([r[:n] for r in runs], 0) if n else []
 
