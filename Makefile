@@ -12,7 +12,7 @@ PY := .venv/bin/python
 venv: .venv/ready
 
 train: .venv/ready
-	$(PY) train.py
+	$(PY) train.py --preset cpu
 
 demo: .venv/ready
 	$(PY) rollout.py

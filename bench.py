@@ -83,7 +83,8 @@ def worker_trl(args):
     from trl import GRPOConfig, GRPOTrainer
     from model import compute_dtype, load_model
     from reward import reward
-    from rollout import prompt_messages, tool_names_in
+    from rollout import prompt_messages
+    from tools import tool_names_in
     from tasks import answers_match, extract_boxed
     tok, model = load_model(args.student, device=args.device)
     problems, suite = problems_and_suite(args)
@@ -156,7 +157,8 @@ def matmul_gflops(device, dtype, n=2048):
 
 def worker_decode(args):
     from model import compute_dtype, load_model, rollout_weights
-    from rollout import encode_prompt, feed, generate_rollouts, prefill
+    from engine import feed, prefill
+    from rollout import encode_prompt, generate_rollouts
     torch.manual_seed(0)
     tok, model = load_model(args.student, device=args.device)
     model = rollout_weights(model, compute_dtype(model.device, args.precision))  # as grpo_step
@@ -172,7 +174,7 @@ def worker_decode(args):
         ours.append(sum(r.n_generated for r in rs) / (time.perf_counter() - t0))
     out["ours_tok_s"] = ours
     # One row alone, where a decode step is bound by reading the weights rather than by
-    # compute: the rollout's own forward (rollout.feed), greedy, after the prompt.
+    # compute: the rollout's own forward (engine.feed), greedy, after the prompt.
     one = []
     with torch.inference_mode():
         for _ in range(args.reps):

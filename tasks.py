@@ -6,9 +6,16 @@ A suite is a plain Python module with two names:
               are generated with transformers.utils.get_json_schema
     PROBLEMS  dicts with "question", "answer" (a string) and "teacher_tools"
               (the tool names a reference solution uses); optional "split"
-              ("train"/"test", else a stable hash of the question picks one)
+              ("train"/"test", else a stable hash of the question picks one) and
+              "schemas" (tools shown for this problem only, as BFCL's entries bring)
 
-`load_suite("math")` loads a built-in suite; `load_suite("path/to/my_suite.py")`
+and two optional ones:
+
+    check(calls, problem) -> bool   scores the parsed tool calls instead of the
+                                    boxed answer (BFCL: the calls are the answer)
+    MAX_TURNS                       assistant turns per rollout (BFCL: 1)
+
+`load_suite("math")` loads the built-in suites/math.py; `load_suite("path/to/my_suite.py")`
 loads yours, and works everywhere a built-in name does (--suite).
 
 Answers: the last \\boxed{...} of a response is its answer. Numbers compare as
@@ -26,8 +33,9 @@ import re
 import string
 from dataclasses import dataclass, field
 
-BUILTIN_SUITES = {"math": "suite_math", "retrieval": "suite_retrieval", "shop": "suite_shop",
-                  "dates": "suite_dates"}
+SUITES_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "suites")
+BUILTIN_SUITES = sorted(f[:-3] for f in os.listdir(SUITES_DIR)
+                        if f.endswith(".py") and not f.startswith("_"))
 TEST_FRACTION = 0.2  # for suites whose problems carry no "split"
 
 
@@ -37,6 +45,8 @@ class Suite:
     tools: dict                      # name -> function
     problems: list                   # dicts: question, answer, teacher_tools, ...
     schemas: list = field(default_factory=list)  # JSON schemas shown to the model
+    check: object = None             # check(calls, problem) -> bool, else the boxed answer counts
+    max_turns: int = None            # the suite's own limit on assistant turns
 
     def split(self, which):
         """Problems of the "train" or "test" split."""
@@ -68,7 +78,10 @@ class SuiteError(ValueError):
 
 def load_suite(name_or_path):
     if name_or_path in BUILTIN_SUITES:
-        module = importlib.import_module(BUILTIN_SUITES[name_or_path])
+        try:
+            module = importlib.import_module("suites." + name_or_path)
+        except FileNotFoundError as e:     # a suite whose data is not installed (BFCL's wheel)
+            raise SuiteError(f"suite {name_or_path}: {e}") from None
     elif name_or_path.endswith(".py"):
         if not os.path.isfile(name_or_path):
             raise SuiteError(f"suite file not found: {name_or_path}")
@@ -78,7 +91,7 @@ def load_suite(name_or_path):
         spec.loader.exec_module(module)
     else:
         raise SuiteError(f"unknown suite '{name_or_path}': use one of "
-                         f"{sorted(BUILTIN_SUITES)} or a path to a .py file")
+                         f"{BUILTIN_SUITES} or a path to a .py file")
     return suite_from_module(name_or_path, module)
 
 
@@ -100,14 +113,19 @@ def suite_from_module(name, module):
                 raise SuiteError(f"suite {name}: PROBLEMS[{i}] lacks '{key}'")
         if not isinstance(p["answer"], str):
             raise SuiteError(f"suite {name}: PROBLEMS[{i}]['answer'] must be a string")
-        unknown = set(p["teacher_tools"]) - names
+        shown = {s["name"] for s in p["schemas"]} if "schemas" in p else names
+        unknown = set(p["teacher_tools"]) - shown
         if unknown:
             raise SuiteError(f"suite {name}: PROBLEMS[{i}] names unknown tools {sorted(unknown)}")
     try:
         schemas = [get_json_schema(t) for t in tools]
     except Exception as e:  # transformers raises its own error type for bad docstrings
         raise SuiteError(f"suite {name}: cannot build a tool schema: {e}") from None
-    return Suite(name, {t.__name__: t for t in tools}, list(problems), schemas)
+    check = getattr(module, "check", None)
+    if check is not None and not callable(check):
+        raise SuiteError(f"suite {name}: check must be a function check(calls, problem)")
+    return Suite(name, {t.__name__: t for t in tools}, list(problems), schemas, check,
+                 getattr(module, "MAX_TURNS", None))
 
 
 # ----------------------------------------------------------------------------

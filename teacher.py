@@ -31,7 +31,8 @@ import time
 import urllib.error
 import urllib.request
 
-from rollout import execute_tool_call, prompt_messages, tool_call_bodies, tool_names_in
+from rollout import prompt_messages
+from tools import execute_tool_call, tool_call_bodies, tool_names_in
 from tasks import answers_match, extract_boxed, load_suite
 
 REFERENCE = "reference"

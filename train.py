@@ -44,11 +44,12 @@ import torch
 
 from tqdm import tqdm
 
-from evaluate import paired_bootstrap_ci, plot_training
-from model import (CHECKPOINT_FILE, DEFAULT_STUDENT, PRECISIONS, ModelNotAvailable, Prefix,
-                   autocast, compute_dtype, load_model, rollout_weights, sequence_logprobs)
+from engine import backward, logprobs, make_batch
+from evaluate import is_correct, paired_bootstrap_ci, plot_training, rollout_metrics
+from model import (CHECKPOINT_FILE, DEFAULT_STUDENT, PRECISIONS, ModelNotAvailable,
+                   compute_dtype, load_model, rollout_weights)
 from reward import VARIANTS, compute_reward
-from rollout import common_prefix, encode_prompt, generate_rollouts, trajectory_ids
+from rollout import encode_prompt, generate_rollouts, trajectory_ids
 from tasks import SuiteError, load_suite
 from teacher import apply_teacher_tools, read_cache, reference_messages
 
@@ -83,11 +84,15 @@ class Config:
     out: str = "runs/default"
     device: str = None
     resume: bool = False
+    preset: str = None              # cpu | gpu (PRESETS); None: from the device
 
 
-# Settings suited to one GPU for the Qwen students (the paper starts them without a warm start).
-GPU_PRESET = dict(warmup_sft_steps=0, steps=200, batch_size=16, group_size=8, lr=1e-6,
-                  max_new_tokens=512, max_total_tokens=1536, micro_batch=16, eval_n=200)
+# --preset: cpu is the defaults above (the embedded student, 2 cores, `make train`); gpu suits
+# one GPU and the Qwen students, which call tools already, so (as in the paper) no warm start.
+# Default: gpu where CUDA is, else cpu; flags given on the command line win over either.
+PRESETS = {"cpu": {},
+           "gpu": dict(warmup_sft_steps=0, steps=200, batch_size=16, group_size=8, lr=1e-6,
+                       max_new_tokens=512, max_total_tokens=1536, micro_batch=16, eval_n=200)}
 
 
 # ----------------------------------------------------------------------------
@@ -144,64 +149,18 @@ def sft_loss(logp, mask):
 
 
 # ----------------------------------------------------------------------------
-# Batches
-
-def pack(seqs, P, pad_id, device):
-    """[(prompt_ids, ids, mask)] -> tokens (N, T), attention (N, T), loss mask (N, T).
-
-    The first P prompt tokens, shared by every row (the system prompt), are
-    left out (they run once, as a model.Prefix); the rest of each prompt gets
-    loss mask 0.
-    """
-    rows = [(p[P:] + ids, [0] * (len(p) - P) + m) for p, ids, m in seqs]
-    T = max(len(r) for r, _ in rows)
-    tokens = torch.full((len(rows), T), pad_id, dtype=torch.long)
-    attn = torch.zeros(len(rows), T, dtype=torch.long)
-    loss_mask = torch.zeros(len(rows), T)
-    for i, (r, m) in enumerate(rows):
-        tokens[i, :len(r)], attn[i, :len(r)], loss_mask[i, :len(m)] = \
-            torch.tensor(r), 1, torch.tensor(m, dtype=torch.float)
-    return tokens.to(device), attn.to(device), loss_mask.to(device)
-
-
-def shared_prefix(seqs, device):
-    """The prompt tokens every row shares, keeping at least one token per row after them."""
-    P = common_prefix([p for p, _, _ in seqs])
-    P = min(P, min(len(p) + len(i) for p, i, _ in seqs) - 1)
-    return torch.tensor(seqs[0][0][:P], dtype=torch.long, device=device)
-
-
-def micro_batches(seqs, size):
-    """Row indices in groups of `size`, rows of similar length together (less padding)."""
-    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i][0]) + len(seqs[i][1]))
-    return [order[i:i + size] for i in range(0, len(order), size)]
-
-
-# ----------------------------------------------------------------------------
 # Steps
 
 def sft_step(model, opt, tok, trajs, cfg):
     """One optimizer step of SFT on teacher trajectories [(prompt_ids, ids, mask)] -> metrics."""
     model.train()
     opt.zero_grad()
-    amp = autocast(model, compute_dtype(model.device, cfg.precision))
-    n_tok = sum(sum(m) for _, _, m in trajs)
-    prefix_ids = shared_prefix(trajs, model.device)
-    with amp:
-        prefix = Prefix(model, prefix_ids)                 # the system prompt, once per step
-    total = 0.0
-    for idx in micro_batches(trajs, cfg.micro_batch):
-        tokens, attn, mask = pack([trajs[i] for i in idx], len(prefix_ids), tok.pad_token_id,
-                                  model.device)
-        with amp:
-            logp = sequence_logprobs(model, prefix, tokens, attn, needed=mask)
-        loss = sft_loss(logp, mask) * mask.sum() / n_tok    # micro-batches add up to the token mean
-        loss.backward()
-        total += loss.item()
-    prefix.backward()
+    batch = make_batch(trajs, cfg.micro_batch, tok.pad_token_id, model.device)
+    loss, _ = backward(model, batch, lambda k, mb, logp: (sft_loss(logp, mb.mask), {}),
+                       compute_dtype(model.device, cfg.precision))
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     opt.step()
-    return {"sft_loss": total, "tokens": n_tok}
+    return {"sft_loss": loss, "tokens": batch.n_tokens}
 
 
 def grpo_step(model, ref_model, opt, tok, suite, problems, cfg):
@@ -209,7 +168,6 @@ def grpo_step(model, ref_model, opt, tok, suite, problems, cfg):
     t0 = time.time()
     model.eval()
     dtype = compute_dtype(model.device, cfg.precision)
-    amp = autocast(model, dtype)
     policy = rollout_weights(model, dtype)                 # sampling in bf16 where that is fast
     rollouts = generate_rollouts(policy, tok, problems, suite.tools, suite.schemas,
                                  group_size=cfg.group_size, max_turns=cfg.max_turns,
@@ -228,74 +186,39 @@ def grpo_step(model, ref_model, opt, tok, suite, problems, cfg):
     keep = (adv != 0).nonzero().flatten().tolist()
     adv = adv[keep]
     seqs = [(rollouts[i].prompt_ids, rollouts[i].ids, rollouts[i].mask) for i in keep]
-    metrics = rollout_metrics(rollouts, rewards, scored, suite)
+    metrics = {**reward_metrics(rewards, scored), **rollout_metrics(rollouts, suite)}
     metrics.update(trained_rows=len(keep), rollout_tok_s=metrics["response_tokens"] * len(
         rollouts) / t_rollout, rollout_time=t_rollout, loss=0.0, kl=0.0, clip_frac=0.0)
     if not keep:
         return metrics
-    # Pack micro-batches once; log-probs of the reference (and, for several epochs,
-    # of the rollout policy) are computed once, without grad.
-    prefix_ids = shared_prefix(seqs, model.device)
-    mbs = []
-    with torch.no_grad(), amp:
-        ref_prefix = Prefix(ref_model, prefix_ids) if ref_model else None
-        old_prefix = Prefix(model, prefix_ids) if cfg.ppo_epochs > 1 else None
-        for idx in micro_batches(seqs, cfg.micro_batch):
-            tokens, attn, mask = pack([seqs[i] for i in idx], len(prefix_ids), tok.pad_token_id,
-                                      model.device)
-            ref = sequence_logprobs(ref_model, ref_prefix, tokens, attn, mask) if ref_model \
-                else None
-            old = sequence_logprobs(model, old_prefix, tokens, attn, mask) if old_prefix \
-                else None
-            mbs.append((idx, tokens, attn, mask, ref, old))
-    n_tok = sum(mb[3].sum() for mb in mbs)
+    batch = make_batch(seqs, cfg.micro_batch, tok.pad_token_id, model.device)
+    ref = logprobs(ref_model, batch, dtype) if ref_model else None           # no grad
+    old = logprobs(model, batch, dtype) if cfg.ppo_epochs > 1 else None
+
+    def loss_fn(k, mb, logp):
+        old_logp = old[k] if old else logp.detach()        # one epoch: ratio == 1
+        return grpo_loss(logp, old_logp, ref[k] if ref else None, adv[mb.rows], mb.mask,
+                         cfg.clip_eps, cfg.kl_coef)
+
     model.train()
     for _ in range(cfg.ppo_epochs):
         opt.zero_grad()
-        with amp:
-            prefix = Prefix(model, prefix_ids)             # the system prompt, once per pass
-        loss_sum, kl, clip = 0.0, 0.0, 0.0
-        for idx, tokens, attn, mask, ref, old in mbs:
-            with amp:
-                logp = sequence_logprobs(model, prefix, tokens, attn, mask)
-            old = old if old is not None else logp.detach()   # one epoch: ratio == 1
-            loss, m = grpo_loss(logp, old, ref, adv[idx], mask, cfg.clip_eps, cfg.kl_coef)
-            w = (mask.sum() / n_tok).item()    # micro-batches add up to the token mean
-            (loss * w).backward()
-            loss_sum += loss.item() * w
-            kl += m["kl"] * w
-            clip += m["clip_frac"] * w
-        prefix.backward()
+        loss, m = backward(model, batch, loss_fn, dtype)
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-
-    metrics.update(loss=loss_sum, kl=kl, clip_frac=clip)
+    metrics.update(loss=loss, **m)
     return metrics
 
 
-def rollout_metrics(rollouts, rewards, scored, suite):
-    """What a step's rollouts did: reward (mean, std, each part), accuracy, tool use, length."""
+def reward_metrics(rewards, scored):
+    """A step's rewards (B, G): mean, std, each part's mean, groups with signal."""
     parts = {}
     for _, p in scored:
         for k, v in p.items():
             parts[k] = parts.get(k, 0.0) + v / len(scored)
-    return {
-        "reward_mean": rewards.mean().item(), "reward_std": rewards.std(unbiased=False).item(),
-        **{f"reward/{k}": v for k, v in parts.items()},
-        **rollout_rates(rollouts),
-        "hallucinated_tool_rate": float(np.mean(
-            [any(n is not None and n not in suite.tools for n in r.tool_calls) for r in rollouts])),
-        "groups_with_signal": float((rewards.std(1) > 0).float().mean()),
-        "response_tokens": float(np.mean([r.n_generated for r in rollouts])),
-    }
-
-
-def rollout_rates(rollouts):
-    """Accuracy, tool-call, boxed and truncated rates of a list of rollouts."""
-    return {"accuracy": float(np.mean([r.correct for r in rollouts])),
-            "tool_call_rate": float(np.mean([bool(r.tool_calls) for r in rollouts])),
-            "boxed_rate": float(np.mean([r.answer is not None for r in rollouts])),
-            "truncated_rate": float(np.mean([r.truncated for r in rollouts]))}
+    return {"reward_mean": rewards.mean().item(), "reward_std": rewards.std(unbiased=False).item(),
+            **{f"reward/{k}": v for k, v in parts.items()},
+            "groups_with_signal": float((rewards.std(1) > 0).float().mean())}
 
 
 @torch.no_grad()
@@ -308,7 +231,7 @@ def accuracy(model, tok, suite, problems, cfg, batch=25):
         rs += generate_rollouts(policy, tok, problems[i:i + batch], suite.tools, suite.schemas,
                                 max_turns=cfg.max_turns, max_new_tokens=cfg.max_new_tokens,
                                 max_total_tokens=cfg.max_total_tokens, temperature=0)
-    return {**rollout_rates(rs), "correct": [int(r.correct) for r in rs]}
+    return {**rollout_metrics(rs, suite), "correct": [int(is_correct(r, suite)) for r in rs]}
 
 
 # ----------------------------------------------------------------------------
@@ -365,7 +288,8 @@ def restore_rng(rng):
     torch.set_rng_state(rng["torch"])
 
 
-CHOICES = {"method": ["grpo", "sft"], "precision": PRECISIONS, "reward": VARIANTS}
+CHOICES = {"method": ["grpo", "sft"], "precision": PRECISIONS, "reward": VARIANTS,
+           "preset": list(PRESETS)}
 
 
 def suite_name(value):
@@ -389,9 +313,8 @@ def parse_args(argv=None):
             ap.add_argument(flag, type=kind, default=None, choices=CHOICES.get(name))
     args = ap.parse_args(argv)
     given = {k: v for k, v in vars(args).items() if v is not None}   # 0 is a value
-    student = given.get("student", defaults.student)
-    preset = GPU_PRESET if student != DEFAULT_STUDENT else {}
-    return Config(**{**asdict(defaults), **preset, **given})
+    preset = given.pop("preset", None) or ("gpu" if torch.cuda.is_available() else "cpu")
+    return Config(**{**asdict(defaults), **PRESETS[preset], **given, "preset": preset})
 
 
 def run_sft(model, opt, tok, suite, cfg, log, ckpt_path, step, steps):
@@ -461,6 +384,11 @@ def train(cfg):
     if cfg.teacher != "reference":
         suite.problems = apply_teacher_tools(suite.problems, cfg.teacher)
     test_set = suite.split("test")[:cfg.eval_n]
+    if cfg.preset:
+        print(f"preset {cfg.preset} ({'a CUDA device' if cfg.preset == 'gpu' else 'CPU settings'}; "
+              f"--preset {'cpu' if cfg.preset == 'gpu' else 'gpu'} for the other); "
+              f"{cfg.warmup_sft_steps} SFT + {cfg.steps} {cfg.method.upper()} steps, "
+              f"{cfg.batch_size} x {cfg.group_size}, lr {cfg.lr:g}, on {model.device}")
     with open(os.path.join(cfg.out, "run.json"), "w") as f:
         json.dump({"student": cfg.student, **asdict(cfg)}, f, indent=1)
 
@@ -521,7 +449,8 @@ def train(cfg):
 
 
 def brief(m):
-    return " | ".join(f"{k} {v:.3f}" for k, v in m.items() if k != "correct")
+    return " | ".join(f"{k} {m[k]:.3f}" for k in ("accuracy", "tool_call_rate", "boxed_rate",
+                                                 "truncated_rate"))
 
 
 if __name__ == "__main__":

@@ -33,24 +33,23 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from evaluate import evaluate_model, paired_bootstrap_ci, plot  # noqa: E402
-from model import DEFAULT_STUDENT  # noqa: E402
-from train import GPU_PRESET, Config, train  # noqa: E402
+from train import PRESETS as TRAIN_PRESETS, Config, train  # noqa: E402
 
-# eval_limit: problems per suite (BFCL: per category, 5 categories; None: all). The cpu
+# eval_limit: problems per suite, the first ones (BFCL: n/5 per category; None: all). The cpu
 # preset trains with train.py's defaults (those of `make train`): the same warm start
 # length and the same number of optimizer steps for every method.
 SUITES = ["math", "retrieval", "bfcl", "shop", "dates"]
 IN_DOMAIN = ("math",)          # trained on: scored on its test split; the others on everything
 PRESETS = {
     "cpu": dict(student="SmolLM2-135M", warm_steps=Config.warmup_sft_steps, rl_steps=Config.steps,
-                eval_limit={"math": 200, "retrieval": None, "bfcl": 20, "shop": None,
+                eval_limit={"math": 200, "retrieval": None, "bfcl": 100, "shop": None,
                             "dates": None}, out="runs/replicate-cpu"),
     "gpu": dict(student="Qwen2.5-0.5B", warm_steps=0, rl_steps=150, batch_size=16, group_size=8,
-                eval_limit={"math": 300, "retrieval": None, "bfcl": 40, "shop": None,
+                eval_limit={"math": 300, "retrieval": None, "bfcl": 200, "shop": None,
                             "dates": None}, out="runs/replicate-gpu"),
     # a few minutes end to end: checks the pipeline, says nothing about the method
     "smoke": dict(student="SmolLM2-135M", warm_steps=1, rl_steps=1, batch_size=1, group_size=2,
-                  eval_limit={s: 2 for s in SUITES} | {"bfcl": 1}, out="runs/replicate-smoke",
+                  eval_limit={s: 2 for s in SUITES} | {"bfcl": 5}, out="runs/replicate-smoke",
                   max_new_tokens=16, max_total_tokens=32),
 }
 TRAIN_KEYS = ("batch_size", "group_size", "max_new_tokens", "max_total_tokens")
@@ -157,10 +156,11 @@ def main(argv=None):
     os.makedirs(root, exist_ok=True)
     t0 = time.time()
     # eval_n=0: train.py skips its own before/after check; every model is evaluated below
-    common = dict(student=p["student"], eval_n=0, **{k: p[k] for k in TRAIN_KEYS if k in p})
-    if p["student"] != DEFAULT_STUDENT:  # lr, token limits and micro-batch suited to one GPU
-        common = {**{k: v for k, v in GPU_PRESET.items()
-                     if k not in ("steps", "warmup_sft_steps", "eval_n")}, **common}
+    # train.py's preset of the same name (smoke: cpu) gives lr, token limits and micro-batch
+    preset = "gpu" if args.preset == "gpu" else "cpu"
+    common = {**{k: v for k, v in TRAIN_PRESETS[preset].items()
+                 if k not in ("steps", "warmup_sft_steps", "eval_n")}, "preset": preset,
+              "student": p["student"], "eval_n": 0, **{k: p[k] for k in TRAIN_KEYS if k in p}}
     cfg = Config(**common)
     gen = dict(max_new_tokens=cfg.max_new_tokens, max_total_tokens=cfg.max_total_tokens,
                max_turns=cfg.max_turns)

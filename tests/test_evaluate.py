@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-import bfcl
+from suites import bfcl
 from evaluate import evaluate_suite, jsd, tool_distribution
 
 # The one BFCL entry whose ground truth contradicts its own function doc:
@@ -99,7 +99,7 @@ def test_bfcl_types_and_string_normalisation():
 
 
 def test_retrieval_first_hop_is_found_for_every_question():
-    import suite_retrieval as r
+    from suites import retrieval as r
     assert 200 <= len(r.PASSAGES) and len(r.PROBLEMS) >= 100
     for p in r.PROBLEMS:
         first = p["hops"][0].lower()
@@ -179,3 +179,37 @@ def test_paired_bootstrap_ci_by_hand():
     # a difference present in one seed only: the seed resampling shows it
     _, lo, hi = paired_bootstrap_ci([[1] * 50, [0] * 50], [[0] * 50, [0] * 50])
     assert lo == 0.0 and hi == 1.0
+
+
+def test_bfcl_is_a_plain_suite_with_its_own_check(student):
+    """BFCL loads like any suite; its check and MAX_TURNS come from suites/bfcl.py, so
+    evaluate.py needs no BFCL case; any prefix of its problems is balanced by category."""
+    import collections
+    from tasks import load_suite
+    suite = load_suite("bfcl")
+    assert suite.max_turns == 1 and suite.tools == {}
+    first = collections.Counter(p["category"] for p in suite.problems[:100])
+    assert first == {c: 20 for c in bfcl.CATEGORIES}
+    p = next(p for p in suite.problems if p["category"] == "simple_python")
+    right = bfcl.answer_as_calls(p["ground_truth"], p["schemas"])
+    assert suite.check(right, p) and not suite.check(right + [None], p)
+    tok, model = student
+    res, rollouts = evaluate_suite(model, tok, "bfcl", limit=5, max_new_tokens=24,
+                                   progress=False)
+    assert res["n"] == 5 and set(res["per_category"]) == set(bfcl.CATEGORIES)
+    assert all(len(r.turns) == 1 for r in rollouts)
+
+
+def test_rollout_metrics_hallucination_counts_tools_shown_to_that_problem():
+    from evaluate import rollout_metrics
+    from rollout import Rollout
+    from tasks import Suite
+    suite = Suite("s", {"add": None}, [])
+    own = {"question": "q", "answer": "1", "teacher_tools": ["f"], "schemas": [{"name": "f"}]}
+    plain = {"question": "q", "answer": "1", "teacher_tools": ["add"]}
+    rs = [Rollout(own, [], tool_calls=["f"]), Rollout(own, [], tool_calls=["add"]),
+          Rollout(plain, [], tool_calls=["add", None]), Rollout(plain, [], tool_calls=["zzz"])]
+    m = rollout_metrics(rs, suite)
+    assert m["hallucinated_tool_rate"] == 0.5               # "add" not shown to `own`; "zzz"
+    assert m["valid_call_rate"] == 2 / 5 and m["tool_set_match"] == 0.5
+    assert m["tool_call_rate"] == 1.0 and m["accuracy"] == 0.0

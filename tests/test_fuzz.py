@@ -13,8 +13,8 @@ import time
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import bfcl
-from rollout import MAX_RESPONSE_CHARS, execute_tool_call, parse_tool_calls, tool_names_in
+from suites import bfcl
+from tools import MAX_RESPONSE_CHARS, execute_tool_call, parse_tool_calls, tool_names_in
 from tasks import answers_match, extract_boxed, load_suite
 
 CASES = 2_500

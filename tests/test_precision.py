@@ -1,7 +1,8 @@
 """Mixed precision: which dtype matmuls run in, the rollout's bf16 copy, bf16 log-probs."""
 import torch
 
-from model import autocast, compute_dtype, rollout_weights, sequence_logprobs
+from engine import sequence_logprobs
+from model import autocast, compute_dtype, rollout_weights
 
 
 def test_compute_dtype_follows_the_flag_and_the_cpu(monkeypatch):

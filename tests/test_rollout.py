@@ -116,7 +116,7 @@ def test_unknown_model_is_one_clear_line():
 
 
 def test_sampling_follows_the_distribution_and_top_p():
-    from rollout import _sample
+    from engine import _sample
     torch.manual_seed(0)
     p = torch.tensor([0.5, 0.3, 0.15, 0.05, 0.0])
     logits = p.clamp(min=1e-12).log().expand(40_000, -1)
@@ -129,7 +129,7 @@ def test_sampling_follows_the_distribution_and_top_p():
 
 
 def test_growing_kv_matches_concatenation_across_growth_repeat_and_drop():
-    from rollout import GrowingKV
+    from engine import GrowingKV
     torch.manual_seed(0)
     layer, ref_k, ref_v = GrowingKV(), None, None
 
@@ -160,7 +160,7 @@ def test_shared_prefix_attention_equals_attention_over_the_concatenation():
     [prompt; row]."""
     import types
     import torch.nn.functional as F
-    from rollout import shared_prefix_attention
+    from engine import shared_prefix_attention
     torch.manual_seed(0)
     n, kvh, g, w, L, P, d = 3, 2, 3, 4, 6, 5, 8             # 3 query heads per kv head
     q = torch.randn(n, kvh * g, w, d)
@@ -206,3 +206,48 @@ def test_greedy_rollouts_match_a_plain_forward_on_qwen_architectures(student, ma
                 if r.mask[t]:
                     row = logits[P + t - 1]
                     assert row[r.ids[t]] >= row.max() - 1e-4, (cls.__name__, t)
+
+
+def test_advance_one_row_by_hand(student, math_suite):
+    """The per-row step: sampled tokens get mask 1 and the turn goes on; at </tool_call> the
+    tool runs and its response is appended with mask 0; a final answer ends the row."""
+    from model import stop_token_ids
+    from rollout import Env, Rollout, advance
+    tok, model = student
+    env = Env(tok, math_suite.tools, set(stop_token_ids(tok, model)),
+              tok.convert_tokens_to_ids("<|im_end|>"), max_turns=5, max_new_tokens=64,
+              max_total_tokens=200)
+    r = Rollout({"question": "6 * 7?", "answer": "42", "teacher_tools": ["multiply"]}, [1, 2])
+    call = tok(CALL, add_special_tokens=False).input_ids
+    for t in call[:-1]:
+        assert advance(r, t, env) == [t]                 # mid-turn: feed the token itself
+    fed = advance(r, call[-1], env)                      # '</tool_call>' is complete
+    inserted = [env.im_end] + between_turns_ids(tok, [r.responses[0][0]])
+    assert fed == [call[-1]] + inserted
+    assert '"result": 42' in r.responses[0][0] and r.turns == [tok.decode(call)]
+    assert r.ids == call + inserted and r.mask == [1] * len(call) + [0] * len(inserted)
+    answer = tok("The answer is \\boxed{42}.", add_special_tokens=False).input_ids
+    for t in answer:
+        assert advance(r, t, env) == [t]
+    assert advance(r, env.im_end, env) is None           # <|im_end|> after no call: done
+    assert r.mask[-len(answer) - 1:] == [1] * (len(answer) + 1) and not r.truncated
+    assert r.n_generated == len(call) + len(answer) + 1 and len(r.turns) == 2
+
+
+def test_advance_truncates_and_stops_at_max_turns(student, math_suite):
+    from model import stop_token_ids
+    from rollout import Env, Rollout, advance
+    tok, model = student
+    env = Env(tok, math_suite.tools, set(stop_token_ids(tok, model)),
+              tok.convert_tokens_to_ids("<|im_end|>"), max_turns=1, max_new_tokens=4,
+              max_total_tokens=100)
+    r = Rollout({"question": "q", "answer": "1", "teacher_tools": []}, [1])
+    word = tok("hello", add_special_tokens=False).input_ids[0]
+    assert [advance(r, word, env) for _ in range(4)] == [[word]] * 3 + [None]
+    assert r.truncated and r.mask == [1] * 4
+    env.max_new_tokens = 64
+    r = Rollout({"question": "q", "answer": "42", "teacher_tools": []}, [1])
+    call = tok(CALL, add_special_tokens=False).input_ids
+    results = [advance(r, t, env) for t in call]
+    assert results[-1] is None and r.responses == []     # max_turns=1: the call is not run
+    assert not r.truncated and r.tool_calls == []        # names are filled in by generate_rollouts

@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from rollout import execute_tool_call
+from tools import execute_tool_call
 from tasks import answers_match, extract_boxed, load_suite
 from teacher import reference_messages
 

@@ -32,14 +32,14 @@ def test_math_suite_is_well_formed_and_splits_are_disjoint(math_suite):
     train, test = math_suite.split("train"), math_suite.split("test")
     assert len(train) >= 1000 and len(test) >= 200
     assert not {p["question"] for p in train} & {p["question"] for p in test}
-    from suite_math import MAX_CALLS
+    from suites.math import MAX_CALLS
     for split in (train, test):        # every size from 1 call to MAX_CALLS, nothing longer
         assert {len(p["solution"]) for p in split} == set(range(1, MAX_CALLS + 1))
 
 
 def test_reference_solutions_reach_the_gold_answer(math_suite):
     """Running each problem's tool calls through the tools reproduces its answer."""
-    from rollout import execute_tool_call
+    from tools import execute_tool_call
     import json
     for p in math_suite.problems[:300]:
         for call in p["solution"]:

@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from rollout import execute_tool_call, parse_tool_call, ToolError
+from tools import execute_tool_call, parse_tool_call, ToolError
 
 
 def run(body, tools):
@@ -93,8 +93,8 @@ def test_slow_and_crashing_user_tools_are_contained():
 
 def test_regressions_from_the_hostile_model_pass(math_suite):
     """Issue 16: each case was a crash, a quadratic scan or a response over its cap."""
-    import bfcl
-    from rollout import MAX_RESPONSE_CHARS, parse_tool_calls, tool_call_bodies, tool_names_in
+    from suites import bfcl
+    from tools import MAX_RESPONSE_CHARS, parse_tool_calls, tool_call_bodies, tool_names_in
     assert bfcl.value_ok(10 ** 309, [1.0], "float") is False          # was OverflowError
     for text in ("<tool_call>" * 10_000, "<tool_call>" * 10_000 + "</tool_call>"):
         t0 = time.perf_counter()

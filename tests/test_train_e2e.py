@@ -101,11 +101,18 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     assert open(path, "rb").read() == good
 
 
-def test_qwen_student_gets_the_gpu_preset_and_flags_win():
-    cfg = train.parse_args(["--student", "Qwen2.5-0.5B", "--steps", "7"])
+def test_preset_is_explicit_and_flags_win(monkeypatch):
+    cfg = train.parse_args(["--preset", "gpu", "--steps", "7"])
     assert cfg.warmup_sft_steps == 0 and cfg.lr == 1e-6 and cfg.group_size == 8 and cfg.steps == 7
-    default = train.parse_args([])
-    assert default.student == "SmolLM2-135M" and default.warmup_sft_steps > 0
+    # the student does not pick the preset; the device does, when --preset is not given
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    cpu = train.parse_args(["--student", "Qwen2.5-0.5B"])
+    assert cpu.preset == "cpu" and cpu.warmup_sft_steps == train.Config.warmup_sft_steps
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert train.parse_args([]).preset == "gpu"
+    assert train.parse_args(["--preset", "cpu"]).lr == train.Config.lr
+    with pytest.raises(SystemExit):
+        train.parse_args(["--preset", "tpu"])
 
 
 def test_missing_model_is_a_one_line_error(tmp_path):

@@ -4,8 +4,8 @@ import math
 import pytest
 import torch
 
-from model import Prefix, sequence_logprobs
-from train import group_advantages, grpo_loss, kl_k3, masked_mean, pack, sft_loss, shared_prefix
+from engine import Prefix, pack, sequence_logprobs, shared_prefix
+from train import group_advantages, grpo_loss, kl_k3, masked_mean, sft_loss
 
 
 def test_group_advantages_by_hand():

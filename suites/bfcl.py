@@ -1,4 +1,10 @@
-"""BFCL (Berkeley Function Calling Leaderboard) data and our own AST checker.
+"""BFCL (Berkeley Function Calling Leaderboard) as a suite: its data and our own AST checker.
+
+A suite like the others (tasks.py) with its own `check` and MAX_TURNS = 1: every
+problem brings the functions it shows ("schemas"), there are no tools to run,
+and the calls of the first turn are the answer. PROBLEMS cycles through the
+categories (one of each, then the next of each), so the first n problems
+hold about n/5 of every category: `--limit 100` scores 20 per category.
 
 The data ships in the PyPI wheel `bfcl-eval` (installed --no-deps, only its
 JSON files are read): bfcl_eval/data/BFCL_v4_<category>.json holds questions
@@ -139,7 +145,9 @@ def call_ok(call, truth, schemas):
 
 
 def check(calls, problem):
-    """calls: [{"name", "arguments"}] the model made (parsed). -> correct?"""
+    """calls: [{"name", "arguments"}] the model made (parsed; None: unparsable). -> correct?"""
+    if None in calls:
+        return False
     truth = problem["ground_truth"]
     if problem["category"] == "irrelevance" or not truth:
         return not calls
@@ -178,3 +186,17 @@ def answer_as_calls(truth, schemas):
         args = {p: _first(v, props[p].get("type")) for p, v in allowed.items() if p in props}
         calls.append({"name": name, "arguments": {p: v for p, v in args.items() if v != ""}})
     return calls
+
+
+def interleave(problems):
+    """Problems ordered category by category in turn: any prefix is balanced."""
+    by = {}
+    for p in problems:
+        by.setdefault(p["category"], []).append(p)
+    queues = list(by.values())
+    return [q[i] for i in range(max(map(len, queues))) for q in queues if i < len(q)]
+
+
+TOOLS = []                      # each problem shows its own functions; none is run
+MAX_TURNS = 1
+PROBLEMS = interleave(load_bfcl())

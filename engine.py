@@ -1,0 +1,425 @@
+"""How it is made fast: skip this file on a first reading.
+
+The method needs two things from a model, and this module gives them behind two calls:
+
+    generate(model, prompts, group_size, advance, temperature)   # rollout.py samples with it
+    backward(model, batch, loss_fn, dtype) / logprobs(model, batch, dtype)  # train.py's losses
+
+Both would be a few lines with a plain forward per token / per sequence; what is
+here only makes them cheaper, and tests/test_engine.py pins each fast path
+against the plain computation.
+
+Generation (`generate`). Every row starts with the same system prompt (the
+tool schemas, ~850 tokens). It is run once and its KV kept once
+(shared_prefix_attention reads it once per step for all rows); each question's
+tail is run once and its cache repeated for the G samples of its group. Every
+step feeds each row its new tokens (the sampled token, or the next piece of a
+tool response) as one left-padded chunk, so the logits needed are all at the
+last position. Padding holes inside the cache are masked out and positions are
+explicit, so each row sees exactly its own sequence. The cache is written in
+place (GrowingKV); finished rows leave it.
+
+Log-probs (`logprobs`, `backward`). The shared system prompt of a batch is
+run once as a `Prefix`; micro-batches attach to its KV cache (repeated to
+their size without a copy). Gradients they send into it accumulate on
+detached leaves, and one backward pass through the prefix at the end gives
+the exact gradient of a plain forward over the full sequences.
+"""
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from transformers import AttentionInterface, DynamicCache
+from transformers.cache_utils import Cache, DynamicLayer
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+from model import autocast
+
+# Tokens fed per generation step across the batch when rows have a tool response to feed.
+FEED_TOKENS_PER_STEP = 32
+
+
+# ----------------------------------------------------------------------------
+# Generation
+
+def _sample(logits, temperature, top_p):
+    """(N, V) logits -> (N,) token ids, by inverse-CDF sampling (one uniform number per row:
+    5x cheaper than torch.multinomial, which draws V exponentials per row)."""
+    if temperature == 0:
+        return logits.argmax(-1)
+    probs = torch.softmax(logits.float() / temperature, -1)
+    if top_p < 1.0:
+        sorted_p, idx = probs.sort(-1, descending=True)
+        drop = sorted_p.cumsum(-1) - sorted_p > top_p   # keep the smallest set reaching top_p
+        sorted_p[drop] = 0
+        probs = torch.zeros_like(probs).scatter(-1, idx, sorted_p)
+    cdf = probs.cumsum(-1)                                           # (N, V)
+    u = torch.rand(len(cdf), 1, device=cdf.device) * cdf[:, -1:]    # (N, 1) in [0, total)
+    # first token whose cdf exceeds u (right=True never picks a zero-probability token)
+    return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp(max=cdf.shape[-1] - 1)
+
+
+def common_prefix(seqs):
+    n = min(len(s) for s in seqs)
+    for i in range(n):
+        if any(s[i] != seqs[0][i] for s in seqs):
+            return i
+    return n
+
+
+class GrowingKV(DynamicLayer):
+    """One layer's KV cache in a buffer with room to grow, written in place.
+
+    transformers' DynamicLayer torch.cat-s the whole cache on every decode
+    step; with the 900-token tool prompt that copy was half the rollout time.
+    `keys`/`values` are views of the filled part of (rows, kv_heads, room, head_dim)
+    buffers; a full buffer is copied into one with 256 more slots.
+    """
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        if not self.is_initialized:
+            self.is_initialized, self.device = True, key_states.device
+            self._use(key_states[:, :, :0], value_states[:, :, :0], 0)
+        old, n = self.length, key_states.shape[-2]
+        if old + n > self.kbuf.shape[-2]:
+            room = old + n + 256             # a copy every 256 tokens, not every token
+            self._use(_with_room(self.keys, room), _with_room(self.values, room), old)
+        self.kbuf[:, :, old:old + n] = key_states
+        self.vbuf[:, :, old:old + n] = value_states
+        self._use(self.kbuf, self.vbuf, old + n)
+        return self.keys, self.values
+
+    def _use(self, kbuf, vbuf, length):
+        self.kbuf, self.vbuf, self.length = kbuf, vbuf, length
+        self.keys, self.values = kbuf[:, :, :length], vbuf[:, :, :length]
+
+    def batch_repeat_interleave(self, repeats):
+        self._use(self.kbuf.repeat_interleave(repeats, 0), self.vbuf.repeat_interleave(repeats, 0),
+                  self.length)
+
+    def batch_select_indices(self, indices):  # compacts the kept rows in place
+        m, n = len(indices), self.length
+        self.kbuf[:m, :, :n] = self.keys.index_select(0, indices)
+        self.vbuf[:m, :, :n] = self.values.index_select(0, indices)
+        self._use(self.kbuf[:m], self.vbuf[:m], n)
+
+
+def _with_room(x, room):
+    """(n, h, L, d) -> (n, h, room, d) buffer whose first L slots hold x."""
+    buf = x.new_empty(*x.shape[:2], room, x.shape[3])
+    buf[:, :, :x.shape[2]] = x
+    return buf
+
+
+def shared_prefix_attention(module, query, key, value, attention_mask, scaling, shared_kv,
+                            **_):
+    """Attention over [system prompt ; the row's own tokens], the prompt's keys read once.
+
+    Every row starts with the same system prompt (with 12 tool schemas, ~850 of
+    a row's ~950 prompt tokens). Kept once instead of once per row, its keys
+    and values are read once per step for all rows, in one matmul per kv head
+    (with one copy per row, attention was 60% of a tool-prompt rollout).
+
+        query: (n, h, w, d)   key, value: (n, kvh, L, d), the rows' own cache
+        shared_kv[layer]: ((kvh, P, d), (kvh, P, d)), the system prompt
+        attention_mask: (n, 1, w, L) bool (True: attend), or None (causal)
+    Returns (n, w, h, d) and no weights, as transformers' attention functions do.
+    """
+    n, h, w, d = query.shape
+    kvh, L = key.shape[1], key.shape[2]
+    g = h // kvh                                            # query heads per kv head
+    q = query.reshape(n, kvh, g * w, d)                     # head j reads kv head j // g
+    pk, pv = shared_kv[module.layer_idx]
+    P = pk.shape[1]
+    q_all = q.transpose(0, 1).reshape(kvh, n * g * w, d)    # every row's queries, per kv head
+    s_prompt = (q_all @ pk.transpose(1, 2)).view(kvh, n, g * w, P).transpose(0, 1)
+    s_own = q @ key.transpose(2, 3)                         # (n, kvh, g*w, L)
+    if attention_mask is None:
+        attention_mask = torch.ones(w, L, dtype=torch.bool, device=q.device).tril(L - w)
+    mask = attention_mask.expand(n, 1, w, L)[:, :, None].expand(n, 1, g, w, L)
+    s_own = s_own.masked_fill(~mask.reshape(n, 1, g * w, L), float("-inf"))
+    # one softmax over both parts (the prompt part is never empty, so no row is all -inf)
+    p = torch.softmax(torch.cat([s_prompt, s_own], -1).float() * scaling, -1).to(value.dtype)
+    p_prompt = p[..., :P].transpose(0, 1).reshape(kvh, n * g * w, P)
+    out = (p_prompt @ pv).view(kvh, n, g * w, d).transpose(0, 1) + p[..., P:] @ value
+    return out.reshape(n, h, w, d).transpose(1, 2), None
+
+
+
+
+@contextmanager
+def shared_prefix_attention_on(model):
+    """Run `model` with shared_prefix_attention inside the block (registered on first use)."""
+    if "shared_prefix" not in AttentionInterface._global_mapping:
+        AttentionInterface.register("shared_prefix", shared_prefix_attention)
+        AttentionMaskInterface.register("shared_prefix", sdpa_mask)  # (n, 1, w, L) bool masks
+    old = model.config._attn_implementation
+    model.config._attn_implementation = "shared_prefix"
+    try:
+        yield
+    finally:
+        model.config._attn_implementation = old
+
+
+@dataclass
+class KVBatch:
+    """The rows being generated: the shared prompt's KV once, then each row's own cache.
+
+    cache: GrowingKV layers (n, kvh, L, d); attn: (n, L) 0 marks holes (padding);
+    n_real: (n,) tokens of each row so far, the shared prompt's included (its next position).
+    """
+    shared_kv: list
+    cache: Cache
+    attn: torch.Tensor
+    n_real: torch.Tensor
+
+    def keep(self, idx):
+        """Keep rows idx (a sorted (m,) tensor), in place."""
+        self.cache.batch_select_indices(idx)
+        self.attn, self.n_real = self.attn[idx], self.n_real[idx]
+
+    def repeat(self, times):
+        self.cache.batch_repeat_interleave(times)
+        self.attn, self.n_real = (x.repeat_interleave(times, 0) for x in (self.attn, self.n_real))
+
+
+def prefill(model, prompt_ids, tails):
+    """Run the shared prompt once (kept apart) and then each row's own tail, batched.
+
+    Returns (KVBatch, (n, V) logits after each tail); every tail needs at least one token.
+    """
+    dev = model.device
+    prompt_cache = DynamicCache()
+    model(input_ids=torch.tensor([prompt_ids], device=dev), cache=prompt_cache, use_cache=True,
+          logits_to_keep=1)
+    shared_kv = [(layer.keys[0], layer.values[0]) for layer in prompt_cache.layers]
+    batch = KVBatch(shared_kv, Cache(layer_class_to_replicate=GrowingKV),
+                    torch.ones(len(tails), 0, dtype=torch.long, device=dev),
+                    torch.full((len(tails),), len(prompt_ids), device=dev))
+    return batch, feed(model, batch, tails)
+
+
+def feed(model, batch, chunks):
+    """Run one chunk of new tokens per row, left-padded to a common width -> (n, V) logits
+    after each row's last token. Pads are masked out, so their id (0) does not matter."""
+    width, dev = max(map(len, chunks)), batch.attn.device
+    ids = torch.zeros(len(chunks), width, dtype=torch.long, device=dev)
+    cmask = torch.zeros(len(chunks), width, dtype=torch.long, device=dev)
+    for k, c in enumerate(chunks):
+        if c:
+            ids[k, width - len(c):] = torch.tensor(c, device=dev)
+            cmask[k, width - len(c):] = 1
+    pos = (batch.n_real[:, None] + cmask.cumsum(1) - 1).clamp(min=0)  # (n, width); pads: masked
+    batch.attn = torch.cat([batch.attn, cmask], 1)
+    # logits only at the last position. An index tensor, not logits_to_keep=1: the int's
+    # slice leaves a strided (n, 1, H) view when width > 1, and the vocabulary projection
+    # of a strided 3-D input copies the weight once per row (300 ms a step here)
+    last = torch.tensor([width - 1], device=dev)
+    with shared_prefix_attention_on(model):
+        out = model(input_ids=ids, attention_mask=batch.attn, position_ids=pos, cache=batch.cache,
+                    use_cache=True, logits_to_keep=last, shared_kv=batch.shared_kv)
+    batch.n_real = batch.n_real + cmask.sum(1)
+    return out.logits[:, -1]
+
+
+@torch.inference_mode()
+def generate(model, prompts, group_size, advance, temperature=1.0, top_p=1.0):
+    """Sample len(prompts) * group_size rows (problem-major: row b * group_size + g).
+
+    advance(row, token) -> the tokens to feed row `row` next (the sampled token
+    itself, plus any tool response), or None when the row is done. The rows of a
+    group share their first logits (one prefill per question).
+    """
+    P = common_prefix(prompts)
+    if P == max(len(p) for p in prompts):  # one prompt for every row: keep one token back
+        P -= 1
+    batch, logits = prefill(model, prompts[0][:P], [p[P:] for p in prompts])
+    batch.repeat(group_size)
+    logits = logits.repeat_interleave(group_size, 0)
+    active = list(range(len(prompts) * group_size))   # cache row k -> row active[k]
+    pending = [[] for _ in active]                    # tokens a row still has to feed
+    while True:
+        # 1. every row that has fed all its tokens samples one
+        ready = [k for k, i in enumerate(active) if not pending[i]]
+        keep = [k for k, i in enumerate(active) if pending[i]]
+        next_ids = _sample(logits[ready], temperature, top_p).tolist() if ready else []
+        for k, t in zip(ready, next_ids):
+            tokens = advance(active[k], t)
+            if tokens is not None:
+                pending[active[k]] = tokens
+                keep.append(k)
+        # 2. finished rows leave the batch and the cache
+        keep.sort()
+        if len(keep) < len(active):
+            if not keep:
+                return
+            batch.keep(torch.tensor(keep, device=model.device, dtype=torch.long))
+            active = [active[k] for k in keep]
+        # 3. feed the pending tokens. A tool response goes in over several steps,
+        # FEED_TOKENS_PER_STEP tokens per step across the batch (at least one per
+        # row), so the other rows are not padded to its length in one big step.
+        width = max(1, FEED_TOKENS_PER_STEP // len(active))
+        chunks = [pending[i][:width] for i in active]
+        for i in active:
+            pending[i] = pending[i][width:]
+        logits = feed(model, batch, chunks)
+
+
+# ----------------------------------------------------------------------------
+# Log-probs of finished sequences, for the losses
+
+class Prefix:
+    """A prefix shared by every row of a batch (the system prompt), run once.
+
+    Micro-batches attach to its KV cache (repeated to their size without a
+    copy); gradients they send into it accumulate on detached leaves, and
+    backward() pushes the sum through the prefix in one pass. The result is
+    the exact gradient of a forward over the full sequences, with the prefix
+    computed once per batch instead of once per row.
+    """
+
+    def __init__(self, model, ids, detach=True):
+        out = model.get_decoder()(input_ids=ids[None], use_cache=True)
+        cache = getattr(out, "cache", None) or out.past_key_values
+        self.roots = [t for layer in cache.layers for t in (layer.keys, layer.values)]
+        self.roots.append(out.last_hidden_state[:, -1:])     # (1, 1, H): predicts the next token
+        # detach=False: gradients flow straight through (no backward() needed, no saving)
+        self.leaves = [r.detach().requires_grad_(r.requires_grad) for r in self.roots] if detach \
+            else self.roots
+        self.length = len(ids)
+
+    def cache(self, n):
+        c = DynamicCache()
+        kv = self.leaves[:-1]
+        for i in range(0, len(kv), 2):                        # (n, kv_heads, P, head_dim)
+            c.update(kv[i].expand(n, -1, -1, -1), kv[i + 1].expand(n, -1, -1, -1), i // 2)
+        return c
+
+    def last_hidden(self, n):
+        return self.leaves[-1].expand(n, 1, -1)
+
+    def backward(self):
+        grads = [(r, leaf.grad) for r, leaf in zip(self.roots, self.leaves)
+                 if leaf is not r and leaf.grad is not None]
+        if grads:
+            torch.autograd.backward([r for r, _ in grads], [g for _, g in grads])
+
+
+def sequence_logprobs(model, prefix, ids, attention_mask, needed=None):
+    """Log-probability of tokens of `ids`, each row preceded by a shared prefix.
+
+    Args:
+        prefix: a Prefix (run once per batch) or (P,) token ids (run here); may be empty.
+        ids: (N, T) right-padded tokens after the prefix.
+        attention_mask: (N, T) 1 on real tokens, 0 on right padding.
+        needed: (N, T) positions whose log-prob is wanted (default: every real token).
+    Returns:
+        (N, T) float32: logp[n, t] = log p(ids[n, t] | prefix, ids[n, :t]) where needed, else 0.
+    With a (detached) Prefix, call prefix.backward() after the last
+    micro-batch's backward. The vocabulary projection runs only on the needed
+    positions (the logits are the largest tensor by far).
+    """
+    N, T = ids.shape
+    needed = (attention_mask if needed is None else needed).bool().clone()
+    decoder, head = model.get_decoder(), model.get_output_embeddings()
+    if not isinstance(prefix, Prefix) and len(prefix):
+        prefix = Prefix(model, prefix, detach=False)
+    if isinstance(prefix, Prefix):
+        full_mask = torch.cat([attention_mask.new_ones(N, prefix.length), attention_mask], 1)
+        h = decoder(input_ids=ids, attention_mask=full_mask, cache=prefix.cache(N)).last_hidden_state
+        first = prefix.last_hidden(N)                                    # predicts ids[:, 0]
+    else:
+        h = decoder(input_ids=ids, attention_mask=attention_mask).last_hidden_state
+        first = torch.zeros_like(h[:, :1])
+        needed[:, 0] = False                          # the first token has no context
+    h = torch.cat([first, h[:, :-1]], 1)              # (N, T, H): h[:, t] predicts ids[:, t]
+    logits = head(h[needed]).float()                  # (M, V), M = needed positions
+    lp = -F.cross_entropy(logits, ids[needed], reduction="none")         # (M,)
+    return torch.zeros(N, T, device=ids.device).index_put((needed,), lp)
+
+
+def pack(seqs, P, pad_id, device):
+    """[(prompt_ids, ids, mask)] -> tokens (N, T), attention (N, T), loss mask (N, T).
+
+    The first P prompt tokens, shared by every row (the system prompt), are
+    left out (they run once, as a model.Prefix); the rest of each prompt gets
+    loss mask 0.
+    """
+    rows = [(p[P:] + ids, [0] * (len(p) - P) + m) for p, ids, m in seqs]
+    T = max(len(r) for r, _ in rows)
+    tokens = torch.full((len(rows), T), pad_id, dtype=torch.long)
+    attn = torch.zeros(len(rows), T, dtype=torch.long)
+    loss_mask = torch.zeros(len(rows), T)
+    for i, (r, m) in enumerate(rows):
+        tokens[i, :len(r)], attn[i, :len(r)], loss_mask[i, :len(m)] = \
+            torch.tensor(r), 1, torch.tensor(m, dtype=torch.float)
+    return tokens.to(device), attn.to(device), loss_mask.to(device)
+
+
+def shared_prefix(seqs, device):
+    """The prompt tokens every row shares, keeping at least one token per row after them."""
+    P = common_prefix([p for p, _, _ in seqs])
+    P = min(P, min(len(p) + len(i) for p, i, _ in seqs) - 1)
+    return torch.tensor(seqs[0][0][:P], dtype=torch.long, device=device)
+
+
+def micro_batches(seqs, size):
+    """Row indices in groups of `size`, rows of similar length together (less padding)."""
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i][0]) + len(seqs[i][1]))
+    return [order[i:i + size] for i in range(0, len(order), size)]
+
+
+@dataclass
+class MicroBatch:
+    rows: list              # indices of its sequences in the batch
+    tokens: torch.Tensor    # (n, T) the tokens after the shared prefix, right-padded
+    attn: torch.Tensor      # (n, T) 1 on real tokens
+    mask: torch.Tensor      # (n, T) loss mask: 1 on tokens the model generated
+
+
+@dataclass
+class Batch:
+    prefix_ids: torch.Tensor   # (P,) the tokens every sequence starts with (the system prompt)
+    micro: list                # [MicroBatch], rows of similar length together
+    n_tokens: float            # loss-mask tokens in all micro-batches
+
+
+def make_batch(seqs, micro_batch, pad_id, device):
+    """[(prompt_ids, ids, mask)] -> Batch, packed once for every pass over it."""
+    prefix_ids = shared_prefix(seqs, device)
+    micro = [MicroBatch(idx, *pack([seqs[i] for i in idx], len(prefix_ids), pad_id, device))
+             for idx in micro_batches(seqs, micro_batch)]
+    return Batch(prefix_ids, micro, sum(mb.mask.sum().item() for mb in micro))
+
+
+@torch.no_grad()
+def logprobs(model, batch, dtype):
+    """[(n, T) log p(token)] per micro-batch, on the loss-mask positions (0 elsewhere)."""
+    with autocast(model, dtype):
+        prefix = Prefix(model, batch.prefix_ids)
+        return [sequence_logprobs(model, prefix, mb.tokens, mb.attn, mb.mask)
+                for mb in batch.micro]
+
+
+def backward(model, batch, loss_fn, dtype):
+    """Accumulate the gradient of the batch's token-mean loss into model's .grad.
+
+    loss_fn(k, micro_batch, logp) -> (token-mean loss of micro-batch k, {name: float});
+    each micro-batch is weighted by its share of the batch's tokens, so the sum is the
+    token mean over the whole batch. Returns (loss, {name: token-weighted mean}).
+    """
+    with autocast(model, dtype):
+        prefix = Prefix(model, batch.prefix_ids)          # the system prompt, once per pass
+    total, stats = 0.0, {}
+    for k, mb in enumerate(batch.micro):
+        with autocast(model, dtype):
+            logp = sequence_logprobs(model, prefix, mb.tokens, mb.attn, mb.mask)
+        loss, m = loss_fn(k, mb, logp)
+        w = mb.mask.sum().item() / batch.n_tokens
+        (loss * w).backward()
+        total += loss.item() * w
+        for name, v in m.items():
+            stats[name] = stats.get(name, 0.0) + v * w
+    prefix.backward()
+    return total, stats

@@ -1,0 +1,1 @@
+"""Task suites, one module each (the format: tasks.py). --suite NAME loads suites/NAME.py."""
