@@ -6,8 +6,8 @@ The method needs two things from a model, and this module gives them behind two 
     backward(model, batch, loss_fn, dtype) / logprobs(model, batch, dtype)  # train.py's losses
 
 Both would be a few lines with a plain forward per token / per sequence; what is
-here only makes them cheaper, and tests/test_engine.py pins each fast path
-against the plain computation.
+here only makes them cheaper, and tests pin each fast path
+against the plain computation (tests/test_rollout.py, tests/test_train_loss.py).
 
 Generation (`generate`). Every row starts with the same system prompt (the
 tool schemas, ~850 tokens). It is run once and its KV kept once
@@ -20,7 +20,7 @@ explicit, so each row sees exactly its own sequence. The cache is written in
 place (GrowingKV); finished rows leave it.
 
 Log-probs (`logprobs`, `backward`). The shared system prompt of a batch is
-run once as a `Prefix`; micro-batches attach to its KV cache (repeated to
+run once as a `SharedPrefix`; micro-batches attach to its KV cache (repeated to
 their size without a copy). Gradients they send into it accumulate on
 detached leaves, and one backward pass through the prefix at the end gives
 the exact gradient of a plain forward over the full sequences.
@@ -60,10 +60,12 @@ def _sample(logits, temperature, top_p):
     return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp(max=cdf.shape[-1] - 1)
 
 
-def common_prefix(seqs):
-    n = min(len(s) for s in seqs)
+def shared_prefix_length(prompts, lengths):
+    """Tokens every prompt starts with (the system prompt), leaving each row at least one
+    token after them: at most min(lengths) - 1, lengths being the rows' full lengths."""
+    n = min(min(map(len, prompts)), min(lengths) - 1)
     for i in range(n):
-        if any(s[i] != seqs[0][i] for s in seqs):
+        if any(p[i] != prompts[0][i] for p in prompts):
             return i
     return n
 
@@ -231,9 +233,7 @@ def generate(model, prompts, group_size, advance, temperature=1.0, top_p=1.0):
     itself, plus any tool response), or None when the row is done. The rows of a
     group share their first logits (one prefill per question).
     """
-    P = common_prefix(prompts)
-    if P == max(len(p) for p in prompts):  # one prompt for every row: keep one token back
-        P -= 1
+    P = shared_prefix_length(prompts, [len(p) for p in prompts])
     batch, logits = prefill(model, prompts[0][:P], [p[P:] for p in prompts])
     batch.repeat(group_size)
     logits = logits.repeat_interleave(group_size, 0)
@@ -269,7 +269,7 @@ def generate(model, prompts, group_size, advance, temperature=1.0, top_p=1.0):
 # ----------------------------------------------------------------------------
 # Log-probs of finished sequences, for the losses
 
-class Prefix:
+class SharedPrefix:
     """A prefix shared by every row of a batch (the system prompt), run once.
 
     Micro-batches attach to its KV cache (repeated to their size without a
@@ -310,22 +310,22 @@ def sequence_logprobs(model, prefix, ids, attention_mask, needed=None):
     """Log-probability of tokens of `ids`, each row preceded by a shared prefix.
 
     Args:
-        prefix: a Prefix (run once per batch) or (P,) token ids (run here); may be empty.
+        prefix: a SharedPrefix (run once per batch) or (P,) token ids (run here); may be empty.
         ids: (N, T) right-padded tokens after the prefix.
         attention_mask: (N, T) 1 on real tokens, 0 on right padding.
         needed: (N, T) positions whose log-prob is wanted (default: every real token).
     Returns:
         (N, T) float32: logp[n, t] = log p(ids[n, t] | prefix, ids[n, :t]) where needed, else 0.
-    With a (detached) Prefix, call prefix.backward() after the last
+    With a (detached) SharedPrefix, call prefix.backward() after the last
     micro-batch's backward. The vocabulary projection runs only on the needed
     positions (the logits are the largest tensor by far).
     """
     N, T = ids.shape
     needed = (attention_mask if needed is None else needed).bool().clone()
     decoder, head = model.get_decoder(), model.get_output_embeddings()
-    if not isinstance(prefix, Prefix) and len(prefix):
-        prefix = Prefix(model, prefix, detach=False)
-    if isinstance(prefix, Prefix):
+    if not isinstance(prefix, SharedPrefix) and len(prefix):
+        prefix = SharedPrefix(model, prefix, detach=False)
+    if isinstance(prefix, SharedPrefix):
         full_mask = torch.cat([attention_mask.new_ones(N, prefix.length), attention_mask], 1)
         h = decoder(input_ids=ids, attention_mask=full_mask, cache=prefix.cache(N)).last_hidden_state
         first = prefix.last_hidden(N)                                    # predicts ids[:, 0]
@@ -343,7 +343,7 @@ def pack(seqs, P, pad_id, device):
     """[(prompt_ids, ids, mask)] -> tokens (N, T), attention (N, T), loss mask (N, T).
 
     The first P prompt tokens, shared by every row (the system prompt), are
-    left out (they run once, as a model.Prefix); the rest of each prompt gets
+    left out (they run once, as a SharedPrefix); the rest of each prompt gets
     loss mask 0.
     """
     rows = [(p[P:] + ids, [0] * (len(p) - P) + m) for p, ids, m in seqs]
@@ -357,10 +357,9 @@ def pack(seqs, P, pad_id, device):
     return tokens.to(device), attn.to(device), loss_mask.to(device)
 
 
-def shared_prefix(seqs, device):
-    """The prompt tokens every row shares, keeping at least one token per row after them."""
-    P = common_prefix([p for p, _, _ in seqs])
-    P = min(P, min(len(p) + len(i) for p, i, _ in seqs) - 1)
+def shared_prefix_ids(seqs, device):
+    """(P,) the prompt tokens every sequence [(prompt_ids, ids, mask)] starts with."""
+    P = shared_prefix_length([p for p, _, _ in seqs], [len(p) + len(i) for p, i, _ in seqs])
     return torch.tensor(seqs[0][0][:P], dtype=torch.long, device=device)
 
 
@@ -387,7 +386,7 @@ class Batch:
 
 def make_batch(seqs, micro_batch, pad_id, device):
     """[(prompt_ids, ids, mask)] -> Batch, packed once for every pass over it."""
-    prefix_ids = shared_prefix(seqs, device)
+    prefix_ids = shared_prefix_ids(seqs, device)
     micro = [MicroBatch(idx, *pack([seqs[i] for i in idx], len(prefix_ids), pad_id, device))
              for idx in micro_batches(seqs, micro_batch)]
     return Batch(prefix_ids, micro, sum(mb.mask.sum().item() for mb in micro))
@@ -397,7 +396,7 @@ def make_batch(seqs, micro_batch, pad_id, device):
 def logprobs(model, batch, dtype):
     """[(n, T) log p(token)] per micro-batch, on the loss-mask positions (0 elsewhere)."""
     with autocast(model, dtype):
-        prefix = Prefix(model, batch.prefix_ids)
+        prefix = SharedPrefix(model, batch.prefix_ids)
         return [sequence_logprobs(model, prefix, mb.tokens, mb.attn, mb.mask)
                 for mb in batch.micro]
 
@@ -410,7 +409,7 @@ def backward(model, batch, loss_fn, dtype):
     token mean over the whole batch. Returns (loss, {name: token-weighted mean}).
     """
     with autocast(model, dtype):
-        prefix = Prefix(model, batch.prefix_ids)          # the system prompt, once per pass
+        prefix = SharedPrefix(model, batch.prefix_ids)          # the system prompt, once per pass
     total, stats = 0.0, {}
     for k, mb in enumerate(batch.micro):
         with autocast(model, dtype):

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from engine import Prefix, pack, sequence_logprobs, shared_prefix
+from engine import SharedPrefix, pack, sequence_logprobs, shared_prefix_ids
 from train import group_advantages, grpo_loss, kl_k3, masked_mean, sft_loss
 
 
@@ -62,7 +62,7 @@ def _batch(tiny_model):
     prompt = [5, 6, 7, 8]
     seqs = [(prompt + [9], [10, 11, 12, 13], [1, 1, 0, 1]),
             (prompt + [14, 15], [16, 17, 18], [1, 0, 1])]
-    prefix = shared_prefix(seqs, "cpu")
+    prefix = shared_prefix_ids(seqs, "cpu")
     return (prefix, *pack(seqs, len(prefix), 0, "cpu"))
 
 
@@ -107,7 +107,7 @@ def test_shared_prefix_logprobs_equal_a_plain_forward(tiny_model):
 
 
 def test_prefix_run_once_gives_the_exact_gradient_over_micro_batches(tiny_model):
-    """Prefix once + two micro-batches + prefix.backward() == one plain forward/backward."""
+    """SharedPrefix once + two micro-batches + prefix.backward() == one plain forward/backward."""
     prefix_ids, tokens, attn, mask = _batch(tiny_model)
     full = torch.cat([prefix_ids.expand(2, -1), tokens], 1)
     fattn = torch.cat([torch.ones(2, len(prefix_ids), dtype=torch.long), attn], 1)
@@ -118,10 +118,38 @@ def test_prefix_run_once_gives_the_exact_gradient_over_micro_batches(tiny_model)
     expected = [p.grad.clone() for p in tiny_model.parameters()]
 
     tiny_model.zero_grad()
-    prefix = Prefix(tiny_model, prefix_ids)
+    prefix = SharedPrefix(tiny_model, prefix_ids)
     for rows in ([0], [1]):
         lp = sequence_logprobs(tiny_model, prefix, tokens[rows], attn[rows], mask[rows])
         (lp * mask[rows]).sum().backward()
     prefix.backward()
+    for g, p in zip(expected, tiny_model.parameters()):
+        assert torch.allclose(g, p.grad, atol=1e-5)
+
+
+def test_backward_seam_gives_the_token_mean_gradient_of_a_plain_forward(tiny_model):
+    """engine.backward over micro-batches of 1 == d/dθ of the token-mean NLL of one plain
+    forward over the full sequences; its returned loss is that token mean."""
+    from engine import backward, make_batch
+    prompt = [5, 6, 7, 8]
+    seqs = [(prompt + [9], [10, 11, 12, 13], [1, 1, 0, 1]),
+            (prompt + [14, 15], [16, 17, 18], [1, 0, 1])]
+    full = [p + i for p, i, _ in seqs]
+    T = max(map(len, full))
+    ids = torch.tensor([f + [0] * (T - len(f)) for f in full])
+    attn = torch.tensor([[1] * len(f) + [0] * (T - len(f)) for f in full])
+    mask = torch.tensor([[0.] * len(p) + m + [0.] * (T - len(p) - len(m)) for p, _, m in seqs])
+    tiny_model.zero_grad()
+    lp = sequence_logprobs(tiny_model, ids[0, :0], ids, attn, mask)
+    plain = -(lp * mask).sum() / mask.sum()
+    plain.backward()
+    expected = [p.grad.clone() for p in tiny_model.parameters()]
+
+    tiny_model.zero_grad()
+    batch = make_batch(seqs, 1, 0, "cpu")
+    assert len(batch.micro) == 2 and batch.n_tokens == 5 and len(batch.prefix_ids) == 4
+    loss, _ = backward(tiny_model, batch, lambda k, mb, logp: (sft_loss(logp, mb.mask), {}),
+                       torch.float32)
+    assert loss == pytest.approx(plain.item(), abs=1e-6)
     for g, p in zip(expected, tiny_model.parameters()):
         assert torch.allclose(g, p.grad, atol=1e-5)
