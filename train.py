@@ -44,6 +44,8 @@ import torch
 
 from tqdm import tqdm
 
+from distributed import (all_sum, barrier, gather, is_main, mean_metrics, my_share, rank,
+                         setup as setup_distributed, sync_gradients, teardown, world)
 from engine import backward, logprobs, make_batch
 from evaluate import is_correct, paired_bootstrap_ci, plot_training, rollout_metrics
 from model import (CHECKPOINT_FILE, DEFAULT_STUDENT, PRECISIONS, ModelNotAvailable,
@@ -152,23 +154,27 @@ def sft_loss(logp, mask):
 # Steps
 
 def sft_step(model, opt, tok, trajs, cfg):
-    """One optimizer step of SFT on teacher trajectories [(prompt_ids, ids, mask)] -> metrics."""
+    """One optimizer step of SFT on teacher trajectories [(prompt_ids, ids, mask)] -> metrics.
+    Under torchrun each rank takes its share of them (distributed.py)."""
     model.train()
     opt.zero_grad()
-    batch = make_batch(trajs, cfg.micro_batch, tok.pad_token_id, model.device)
+    batch = make_batch(my_share(trajs), cfg.micro_batch, tok.pad_token_id, model.device)
+    batch.n_tokens = all_sum(batch.n_tokens)       # the token mean is over every rank's tokens
     loss, _ = backward(model, batch, lambda k, mb, logp: (sft_loss(logp, mb.mask), {}),
                        compute_dtype(model.device, cfg.precision))
+    sync_gradients(model)
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     opt.step()
-    return {"sft_loss": loss, "tokens": batch.n_tokens}
+    return {"sft_loss": all_sum(loss), "tokens": batch.n_tokens}
 
 
 def grpo_step(model, ref_model, opt, tok, suite, problems, cfg):
-    """Rollouts, rewards, advantages and ppo_epochs optimizer steps -> metrics."""
+    """Rollouts, rewards, advantages and ppo_epochs optimizer steps -> metrics.
+    Under torchrun each rank takes whole groups: its share of `problems` (distributed.py)."""
     t0 = time.time()
+    problems = my_share(problems)
     model.eval()
-    dtype = compute_dtype(model.device, cfg.precision)
-    policy = rollout_weights(model, dtype)                 # sampling in bf16 where that is fast
+    policy = rollout_weights(model, compute_dtype(model.device, cfg.precision))  # bf16 if fast
     rollouts = generate_rollouts(policy, tok, problems, suite.tools, suite.schemas,
                                  group_size=cfg.group_size, max_turns=cfg.max_turns,
                                  max_new_tokens=cfg.max_new_tokens,
@@ -178,22 +184,33 @@ def grpo_step(model, ref_model, opt, tok, suite, problems, cfg):
     scored = [compute_reward(cfg.reward, r, suite) for r in rollouts]
     rewards = torch.tensor([s for s, _ in scored]).view(len(problems), cfg.group_size)  # (B, G)
     adv = group_advantages(rewards).flatten().to(model.device)                        # (N,)
+    metrics = mean_metrics({**reward_metrics(rewards, scored), **rollout_metrics(rollouts, suite),
+                            "rollout_time": t_rollout})
+    metrics["rollout_tok_s"] = metrics["response_tokens"] * len(rollouts) / t_rollout
+    seqs = [(r.prompt_ids, r.ids, r.mask) for r in rollouts]
+    return {**metrics, **policy_update(model, ref_model, opt, tok.pad_token_id, seqs, adv, cfg)}
 
-    # Rows of a group whose rewards are all equal have advantage exactly 0: their policy
-    # gradient is 0, so they are left out of the loss (their only term would be the KL
-    # penalty), as DAPO's dynamic sampling drops them. The loss is the token mean over the
-    # rows that remain; with none left, there is no optimizer step.
+
+def policy_update(model, ref_model, opt, pad_id, seqs, adv, cfg):
+    """ppo_epochs optimizer steps on rollouts [(prompt_ids, ids, mask)] with advantages (N,).
+
+    Rows of a group whose rewards are all equal have advantage exactly 0: their policy
+    gradient is 0, so they are left out of the loss (their only term would be the KL
+    penalty), as DAPO's dynamic sampling drops them. The loss is the token mean over the
+    rows that remain, on every rank; with none left anywhere, there is no optimizer step.
+    """
     keep = (adv != 0).nonzero().flatten().tolist()
-    adv = adv[keep]
-    seqs = [(rollouts[i].prompt_ids, rollouts[i].ids, rollouts[i].mask) for i in keep]
-    metrics = {**reward_metrics(rewards, scored), **rollout_metrics(rollouts, suite)}
-    metrics.update(trained_rows=len(keep), rollout_tok_s=metrics["response_tokens"] * len(
-        rollouts) / t_rollout, rollout_time=t_rollout, loss=0.0, kl=0.0, clip_frac=0.0)
-    if not keep:
-        return metrics
-    batch = make_batch(seqs, cfg.micro_batch, tok.pad_token_id, model.device)
-    ref = logprobs(ref_model, batch, dtype) if ref_model else None           # no grad
-    old = logprobs(model, batch, dtype) if cfg.ppo_epochs > 1 else None
+    seqs, adv = [seqs[i] for i in keep], adv[keep]
+    out = {"trained_rows": all_sum(len(seqs)), "loss": 0.0, "kl": 0.0, "clip_frac": 0.0}
+    n_tokens = all_sum(sum(sum(m) for _, _, m in seqs))
+    if n_tokens == 0:
+        return out
+    dtype = compute_dtype(model.device, cfg.precision)
+    batch = make_batch(seqs, cfg.micro_batch, pad_id, model.device) if seqs else None
+    if batch:
+        batch.n_tokens = n_tokens                  # each rank's share of the global token mean
+        ref = logprobs(ref_model, batch, dtype) if ref_model else None           # no grad
+        old = logprobs(model, batch, dtype) if cfg.ppo_epochs > 1 else None
 
     def loss_fn(k, mb, logp):
         old_logp = old[k] if old else logp.detach()        # one epoch: ratio == 1
@@ -203,11 +220,13 @@ def grpo_step(model, ref_model, opt, tok, suite, problems, cfg):
     model.train()
     for _ in range(cfg.ppo_epochs):
         opt.zero_grad()
-        loss, m = backward(model, batch, loss_fn, dtype)
+        loss, m = backward(model, batch, loss_fn, dtype) if batch else (0.0, {})
+        sync_gradients(model)                      # sum over ranks (a world of one: nothing)
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-    metrics.update(loss=loss, **m)
-    return metrics
+    out.update(loss=all_sum(loss), kl=all_sum(m.get("kl", 0.0)),
+               clip_frac=all_sum(m.get("clip_frac", 0.0)))
+    return out
 
 
 def reward_metrics(rewards, scored):
@@ -253,14 +272,17 @@ def teacher_trajectories(cfg, suite, tok):
 
 
 def save_checkpoint(path, model, opt, step, cfg, phase):
-    """Atomic: write a temp file in the same folder, then rename over the old checkpoint."""
-    state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
-             "phase": phase, "config": asdict(cfg),
-             "rng": {"python": random.getstate(), "numpy": np.random.get_state(),
-                     "torch": torch.get_rng_state()}}
-    tmp = path + ".tmp"
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    """Atomic: write a temp file in the same folder, then rename over the old checkpoint.
+    Under torchrun rank 0 writes it, with every rank's RNG state ("rng_ranks")."""
+    rngs = gather({"python": random.getstate(), "numpy": np.random.get_state(),
+                   "torch": torch.get_rng_state()})
+    if is_main():
+        state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
+                 "phase": phase, "config": asdict(cfg), "rng": rngs[0], "rng_ranks": rngs}
+        tmp = path + ".tmp"
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    barrier()
 
 
 def drop_metrics_after(path, phase, step):
@@ -282,10 +304,25 @@ def drop_metrics_after(path, phase, step):
         os.replace(path + ".tmp", path)
 
 
-def restore_rng(rng):
+def restore_rng(state, seed):
+    """Every rank's RNG as saved. On another number of ranks than the checkpoint's, each
+    rank takes rank 0's Python/NumPy state (the question order) and a fresh torch seed
+    of its own: the run goes on, but is not the run an unbroken one would have been."""
+    rngs = state.get("rng_ranks", [state["rng"]])
+    rng = rngs[rank()] if len(rngs) == world() else rngs[0]
     random.setstate(rng["python"])
     np.random.set_state(rng["numpy"])
-    torch.set_rng_state(rng["torch"])
+    if len(rngs) == world():
+        torch.set_rng_state(rng["torch"])
+    else:
+        torch.manual_seed(seed + 1000 * state["step"] + rank())
+
+
+def write_line(log, m):
+    """One JSON line of metrics (rank 0 only holds the log)."""
+    if log:
+        log.write(json.dumps(m) + "\n")
+        log.flush()
 
 
 CHOICES = {"method": ["grpo", "sft"], "precision": PRECISIONS, "reward": VARIANTS,
@@ -320,13 +357,14 @@ def parse_args(argv=None):
 def run_sft(model, opt, tok, suite, cfg, log, ckpt_path, step, steps):
     """SFT steps step..steps on the teacher's trajectories (warm start or the SFT baseline)."""
     trajs = teacher_trajectories(cfg, suite, tok)
-    bar = tqdm(range(step, steps), desc="sft warm start" if cfg.method == "grpo" else "sft")
+    bar = tqdm(range(step, steps), desc="sft warm start" if cfg.method == "grpo" else "sft",
+               disable=not is_main())
     for step in bar:
         t0 = time.time()
         batch = random.sample(trajs, min(cfg.sft_batch_size, len(trajs)))
         m = {"phase": "sft", "step": step + 1, **sft_step(model, opt, tok, batch, cfg),
              "step_time": time.time() - t0}
-        log.write(json.dumps(m) + "\n"); log.flush()
+        write_line(log, m)
         bar.set_postfix(loss=f"{m['sft_loss']:.3f}", s=f"{m['step_time']:.1f}")
         if (step + 1) % cfg.save_every == 0 or step + 1 == steps:
             save_checkpoint(ckpt_path, model, opt, step + 1, cfg, "sft")
@@ -338,19 +376,20 @@ def run_grpo(model, opt, tok, suite, cfg, log, ckpt_path, step):
     if cfg.kl_coef > 0:
         # kept on disk so that a resumed run compares against the same weights
         ref_path = os.path.join(cfg.out, "reference.pt")
-        if step == 0 or not os.path.exists(ref_path):
+        if is_main() and (step == 0 or not os.path.exists(ref_path)):
             torch.save(model.state_dict(), ref_path + ".tmp")
             os.replace(ref_path + ".tmp", ref_path)
+        barrier()                                   # written before any rank reads it
         ref_model = copy.deepcopy(model).requires_grad_(False).eval()
         ref_model.load_state_dict(torch.load(ref_path, map_location=model.device))
     train_set = suite.split("train")
-    bar = tqdm(range(step, cfg.steps), desc=f"grpo/{cfg.reward}")
+    bar = tqdm(range(step, cfg.steps), desc=f"grpo/{cfg.reward}", disable=not is_main())
     for step in bar:
         t0 = time.time()
         problems = random.sample(train_set, cfg.batch_size)
         m = grpo_step(model, ref_model, opt, tok, suite, problems, cfg)
         m = {"phase": "grpo", "step": step + 1, **m, "step_time": time.time() - t0}
-        log.write(json.dumps(m) + "\n"); log.flush()
+        write_line(log, m)
         bar.set_postfix(reward=f"{m['reward_mean']:.3f}", acc=f"{m['accuracy']:.2f}",
                         tools=f"{m['tool_call_rate']:.2f}", s=f"{m['step_time']:.0f}")
         if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps:
@@ -360,12 +399,13 @@ def run_grpo(model, opt, tok, suite, cfg, log, ckpt_path, step):
 def held_out(evals, name, model, tok, suite, test_set, cfg, path):
     """Greedy evaluation `name` ("start", "rl_start", "end"), done once: kept in OUT/evals.json
     (written atomically) so that a resumed run reports the evaluations of its earlier part."""
-    if name not in evals:
+    if name not in evals and is_main():                   # the other ranks wait
         evals[name] = accuracy(model, tok, suite, test_set, cfg)
         with open(path + ".tmp", "w") as f:
             json.dump(evals, f)
         os.replace(path + ".tmp", path)
-    return evals[name]
+    barrier()
+    return evals.get(name)
 
 
 def gain(before, after):
@@ -376,21 +416,27 @@ def gain(before, after):
 
 
 def train(cfg):
-    random.seed(cfg.seed); np.random.seed(cfg.seed); torch.manual_seed(cfg.seed)
+    device = setup_distributed() or cfg.device      # torchrun: one process group, one device each
+    if cfg.batch_size % world() or cfg.sft_batch_size % world():
+        sys.exit(f"--batch-size {cfg.batch_size} and --sft-batch-size {cfg.sft_batch_size} must "
+                 f"be multiples of the {world()} processes (each takes whole groups)")
+    # the same questions on every rank (Python/NumPy), its own rollouts on each (torch)
+    random.seed(cfg.seed); np.random.seed(cfg.seed); torch.manual_seed(cfg.seed + rank())
     os.makedirs(cfg.out, exist_ok=True)
     ckpt_path = os.path.join(cfg.out, CHECKPOINT_FILE)
-    tok, model = load_model(cfg.init or cfg.student, device=cfg.device)
+    tok, model = load_model(cfg.init or cfg.student, device=device)
     suite = load_suite(cfg.suite)
     if cfg.teacher != "reference":
         suite.problems = apply_teacher_tools(suite.problems, cfg.teacher)
     test_set = suite.split("test")[:cfg.eval_n]
-    if cfg.preset:
+    if cfg.preset and is_main():
         print(f"preset {cfg.preset} ({'a CUDA device' if cfg.preset == 'gpu' else 'CPU settings'}; "
               f"--preset {'cpu' if cfg.preset == 'gpu' else 'gpu'} for the other); "
               f"{cfg.warmup_sft_steps} SFT + {cfg.steps} {cfg.method.upper()} steps, "
               f"{cfg.batch_size} x {cfg.group_size}, lr {cfg.lr:g}, on {model.device}")
-    with open(os.path.join(cfg.out, "run.json"), "w") as f:
-        json.dump({"student": cfg.student, **asdict(cfg)}, f, indent=1)
+    if is_main():
+        with open(os.path.join(cfg.out, "run.json"), "w") as f:
+            json.dump({"student": cfg.student, **asdict(cfg), "world_size": world()}, f, indent=1)
 
     sft_steps = cfg.steps if cfg.method == "sft" else cfg.warmup_sft_steps
     rl_steps = cfg.steps if cfg.method == "grpo" else 0
@@ -403,12 +449,16 @@ def train(cfg):
         model.load_state_dict(state["model"])
         step, phase = state["step"], state["phase"]
         opt.load_state_dict(state["optimizer"])           # its lr included
-        restore_rng(state["rng"])
-        drop_metrics_after(os.path.join(cfg.out, "metrics.jsonl"), phase, step)
-        print(f"resumed {cfg.out} at {phase} step {step}")
-    elif cfg.resume:
+        restore_rng(state, cfg.seed)
+        if is_main():
+            drop_metrics_after(os.path.join(cfg.out, "metrics.jsonl"), phase, step)
+            print(f"resumed {cfg.out} at {phase} step {step}")
+    elif cfg.resume and is_main():
         print(f"not resumed: no checkpoint in {cfg.out}, starting fresh")
-    log = open(os.path.join(cfg.out, "metrics.jsonl"), "a" if resumed else "w")  # fresh: anew
+    barrier()                                       # every rank has read the checkpoint
+    # a fresh run writes its log anew; rank 0 alone logs, evaluates and saves
+    log = open(os.path.join(cfg.out, "metrics.jsonl"), "a" if resumed else "w") \
+        if is_main() else None
     evals_path = os.path.join(cfg.out, "evals.json")
     evals = {}
     if resumed and os.path.exists(evals_path):
@@ -418,7 +468,7 @@ def train(cfg):
                                       test_set=test_set, cfg=cfg, path=evals_path)
 
     if test_set and phase == "sft" and step == 0:
-        print(f"start: {brief(evaluate_once('start'))}")
+        show("start", evaluate_once("start"))
     if phase == "sft" and sft_steps:
         run_sft(model, opt, tok, suite, cfg, log, ckpt_path, step, sft_steps)
         step, phase = 0, "grpo"
@@ -427,13 +477,17 @@ def train(cfg):
             save_checkpoint(ckpt_path, model, opt, 0, cfg, "grpo")
     if phase == "grpo" and rl_steps:
         if test_set and (step == 0 or "rl_start" in evals):   # the policy RL starts from
-            print(f"RL start: {brief(evaluate_once('rl_start'))}")
+            show("RL start", evaluate_once("rl_start"))
         run_grpo(model, opt, tok, suite, cfg, log, ckpt_path, step)
 
     result = {"eval_problems": len(test_set)}
     if test_set:
         evaluate_once("end")
         result.update(evals)
+    if not is_main():
+        teardown()
+        return result
+    if test_set:
         where = f"held-out accuracy, {len(test_set)} {cfg.suite} test problems, greedy"
         if "start" in evals and sft_steps and ("rl_start" in evals or not rl_steps):
             what = "warm start" if cfg.method == "grpo" else "SFT"
@@ -445,7 +499,13 @@ def train(cfg):
     with open(os.path.join(cfg.out, "result.json"), "w") as f:
         json.dump(result, f, indent=1)
     plot_training(os.path.join(cfg.out, "metrics.jsonl"), os.path.join(cfg.out, "curves.png"))
+    teardown()
     return result
+
+
+def show(name, m):
+    if m is not None:                               # None: not rank 0
+        print(f"{name}: {brief(m)}")
 
 
 def brief(m):

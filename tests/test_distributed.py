@@ -1,0 +1,83 @@
+"""train.py's data-parallel path on CPU: 2 processes over gloo, a tiny random Qwen2-style model."""
+import os
+import socket
+import sys
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Two groups of two rollouts, of different lengths: rank 0 holds more tokens than rank 1.
+PROMPT = [5, 6, 7, 8]
+GROUPS = [[(PROMPT + [9], [10, 11, 12, 13, 14, 15], [1, 1, 0, 1, 1, 1]),
+           (PROMPT + [9], [16, 17, 18, 19], [1, 1, 1, 1])],
+          [(PROMPT + [20, 21], [22, 23], [1, 1]),
+           (PROMPT + [20, 21], [24], [1])]]
+ADV = [[1.0, -1.0], [-1.0, 1.0]]
+
+
+def tiny_qwen():
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+    torch.manual_seed(0)
+    cfg = Qwen2Config(vocab_size=32, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    return Qwen2ForCausalLM(cfg).float()
+
+
+def one_step(groups, adv):
+    """One GRPO update (policy_update) on the given groups -> (metrics, weights)."""
+    import train
+    model = tiny_qwen()
+    ref = tiny_qwen().requires_grad_(False)
+    with torch.no_grad():                          # a reference that differs: KL is not 0
+        for p in ref.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    # SGD: the update is the gradient itself. (Adam would blow the ~1e-10 rounding noise of
+    # gradients that are 0 in exact arithmetic, such as k_proj's bias, up to lr-sized steps.)
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    cfg = train.Config(micro_batch=1, precision="fp32", kl_coef=0.1, ppo_epochs=2)
+    seqs = [s for g in groups for s in g]
+    m = train.policy_update(model, ref, opt, 0, seqs, torch.tensor([a for g in adv for a in g]),
+                            cfg)
+    return m, {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _rank_main(rank, world, port, out):
+    sys.path.insert(0, ROOT)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world),
+                      RANK=str(rank), LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    import distributed
+    distributed.setup()
+    mine = distributed.my_share(list(range(len(GROUPS))))        # whole groups per rank
+    m, weights = one_step([GROUPS[i] for i in mine], [ADV[i] for i in mine])
+    if rank == 0:
+        torch.save({"metrics": m, "weights": weights}, out)
+    dist.barrier()
+    distributed.teardown()
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_ranks_update_equals_one_process_on_the_same_groups(tmp_path):
+    """(a) world size 2, one group each, gives the weights of world size 1 on both groups;
+    (b) with different token counts per rank the logged loss, KL and rows are the global
+    token means and counts, as in one process."""
+    torch.set_num_threads(1)
+    m1, w1 = one_step(GROUPS, ADV)
+    out = str(tmp_path / "rank0.pt")
+    mp.spawn(_rank_main, args=(2, free_port(), out), nprocs=2, join=True)
+    got = torch.load(out)
+    for k, v in w1.items():
+        assert torch.allclose(v, got["weights"][k], atol=1e-6), k
+    assert got["metrics"]["trained_rows"] == m1["trained_rows"] == 4
+    for k in ("loss", "kl", "clip_frac"):
+        assert got["metrics"][k] == pytest.approx(m1[k], abs=1e-6), k
+    assert m1["kl"] > 0
