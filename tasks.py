@@ -33,6 +33,8 @@ import re
 import string
 from dataclasses import dataclass, field
 
+from transformers.utils import get_json_schema
+
 SUITES_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "suites")
 BUILTIN_SUITES = sorted(f[:-3] for f in os.listdir(SUITES_DIR)
                         if f.endswith(".py") and not f.startswith("_"))
@@ -97,7 +99,6 @@ def load_suite(name_or_path):
 
 def suite_from_module(name, module):
     """Check TOOLS and PROBLEMS and build a Suite, naming the first bad entry."""
-    from transformers.utils import get_json_schema
     tools = getattr(module, "TOOLS", None)
     problems = getattr(module, "PROBLEMS", None)
     if not isinstance(tools, (list, tuple)) or not all(callable(t) for t in tools):

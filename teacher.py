@@ -31,7 +31,10 @@ import time
 import urllib.error
 import urllib.request
 
-from rollout import prompt_messages
+from tqdm import tqdm
+
+from model import load_model
+from rollout import generate_rollouts, prompt_messages
 from tools import execute_tool_call, tool_call_bodies, tool_names_in
 from tasks import answers_match, extract_boxed, load_suite
 
@@ -108,7 +111,6 @@ def reference_messages(problem, tools):
 
 def local_teacher(tok, model, suite, **gen):
     """A local causal LM as teacher, through the same rollout code as the student."""
-    from rollout import generate_rollouts
 
     def attempt(problems):
         rollouts = generate_rollouts(model, tok, problems, suite.tools, suite.schemas, **gen)
@@ -193,7 +195,6 @@ def called_tools(messages):
 
 def run_teacher(problems, attempt, teacher_id, out, attempts=1, batch_size=8, progress=True):
     """Rejection-sample each problem not yet in `out`; append one line per problem."""
-    from tqdm import tqdm
     done = {r["question"] for r in read_cache(out)}
     todo = [p for p in problems if p["question"] not in done]
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
@@ -251,7 +252,6 @@ def main(argv=None):
         attempt = lambda ps: [reference_messages(p, suite.tools) for p in ps]  # noqa: E731
         args.attempts = 1
     else:
-        from model import load_model
         teacher_id = args.teacher
         attempt = local_teacher(*load_model(args.teacher), suite, max_turns=args.max_turns, temperature=0.7)
     try:
