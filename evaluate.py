@@ -104,13 +104,18 @@ def shown_tools(problem, suite):
     return {s["name"] for s in problem["schemas"]} if "schemas" in problem else set(suite.tools)
 
 
+def used_tools(rollout, suite):
+    """The set of shown tools a rollout called (S in the reward; unparsable calls left out)."""
+    return {n for n in rollout.tool_calls if n in shown_tools(rollout.problem, suite)}
+
+
 def rollout_metrics(rollouts, suite):
     """What rollouts did: accuracy and tool use. One definition for train.py's step logs and
     evaluation tables. A hallucinated tool is a parsed call naming a tool not shown."""
     calls = [r.tool_calls for r in rollouts]                  # names; None: unparsable
     shown = [shown_tools(r.problem, suite) for r in rollouts]
     n_calls = sum(map(len, calls))
-    used = [{n for n in c if n in v} for c, v in zip(calls, shown)]
+    used = [used_tools(r, suite) for r in rollouts]
     return {
         "accuracy": float(np.mean([is_correct(r, suite) for r in rollouts])),
         "tool_call_rate": float(np.mean([bool(c) for c in calls])),
@@ -143,7 +148,7 @@ def evaluate_suite(model, tok, name, limit=None, batch_size=16, temperature=0.0,
                                       max_new_tokens=max_new_tokens,
                                       max_total_tokens=max_total_tokens, temperature=temperature)
     correct = [is_correct(r, suite) for r in rollouts]
-    used = [{n for n in r.tool_calls if n in shown_tools(r.problem, suite)} for r in rollouts]
+    used = [used_tools(r, suite) for r in rollouts]
     out = {"n": len(rollouts), "split": "test" if name in trained_on else "all",
            **rollout_metrics(rollouts, suite),
            "correct": [int(c) for c in correct],                  # per problem, for paired CIs
