@@ -6,6 +6,7 @@
     python train.py --method sft --steps 100          # SFT on teacher trajectories
     python train.py --resume --out runs/mentor        # continue a killed run
     python train.py --precision fp32                  # no bf16 matmuls (default: where fast)
+    torchrun --nproc_per_node 8 train.py --fsdp ...   # several GPUs (distributed.py)
 
 One GRPO step (PAPER.md, "The method"):
   1. sample batch_size training questions, group_size rollouts each (rollout.py);
@@ -44,8 +45,9 @@ import torch
 
 from tqdm import tqdm
 
-from distributed import (all_sum, barrier, gather, is_main, mean_metrics, my_share, rank,
-                         setup as setup_distributed, sync_gradients, teardown, world)
+from distributed import (all_sum, barrier, clip_grad_norm, full_state, gather, is_main,
+                         is_sharded, mean_metrics, my_share, rank, setup as setup_distributed,
+                         shard, shard_optimizer_state, sync_gradients, teardown, unsharded, world)
 from engine import backward, logprobs, make_batch
 from evaluate import is_correct, paired_bootstrap_ci, plot_training, rollout_metrics
 from model import (CHECKPOINT_FILE, DEFAULT_STUDENT, PRECISIONS, ModelNotAvailable,
@@ -87,6 +89,7 @@ class Config:
     device: str = None
     resume: bool = False
     preset: str = None              # cpu | gpu (PRESETS); None: from the device
+    fsdp: bool = False              # shard decoder layers over the ranks (distributed.py)
 
 
 # --preset: cpu is the defaults above (the embedded student, 2 cores, `make train`); gpu suits
@@ -163,7 +166,7 @@ def sft_step(model, opt, tok, trajs, cfg):
     loss, _ = backward(model, batch, lambda k, mb, logp: (sft_loss(logp, mb.mask), {}),
                        compute_dtype(model.device, cfg.precision))
     sync_gradients(model)
-    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    clip_grad_norm(model, 1.0)
     opt.step()
     return {"sft_loss": all_sum(loss), "tokens": batch.n_tokens}
 
@@ -174,7 +177,7 @@ def grpo_step(model, ref_model, opt, tok, suite, problems, cfg):
     t0 = time.time()
     problems = my_share(problems)
     model.eval()
-    policy = rollout_weights(model, compute_dtype(model.device, cfg.precision))  # bf16 if fast
+    policy = rollout_weights(unsharded(model), compute_dtype(model.device, cfg.precision))
     rollouts = generate_rollouts(policy, tok, problems, suite.tools, suite.schemas,
                                  group_size=cfg.group_size, max_turns=cfg.max_turns,
                                  max_new_tokens=cfg.max_new_tokens,
@@ -198,8 +201,10 @@ def policy_update(model, ref_model, opt, pad_id, seqs, adv, cfg):
     gradient is 0, so they are left out of the loss (their only term would be the KL
     penalty), as DAPO's dynamic sampling drops them. The loss is the token mean over the
     rows that remain, on every rank; with none left anywhere, there is no optimizer step.
+    Under --fsdp every rank must run as many forward and backward passes (each is a
+    collective), so there all rows stay.
     """
-    keep = (adv != 0).nonzero().flatten().tolist()
+    keep = range(len(seqs)) if is_sharded(model) else (adv != 0).nonzero().flatten().tolist()
     seqs, adv = [seqs[i] for i in keep], adv[keep]
     out = {"trained_rows": all_sum(len(seqs)), "loss": 0.0, "kl": 0.0, "clip_frac": 0.0}
     n_tokens = all_sum(sum(sum(m) for _, _, m in seqs))
@@ -222,7 +227,7 @@ def policy_update(model, ref_model, opt, pad_id, seqs, adv, cfg):
         opt.zero_grad()
         loss, m = backward(model, batch, loss_fn, dtype) if batch else (0.0, {})
         sync_gradients(model)                      # sum over ranks (a world of one: nothing)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        clip_grad_norm(model, 1.0)
         opt.step()
     out.update(loss=all_sum(loss), kl=all_sum(m.get("kl", 0.0)),
                clip_frac=all_sum(m.get("clip_frac", 0.0)))
@@ -273,11 +278,14 @@ def teacher_trajectories(cfg, suite, tok):
 
 def save_checkpoint(path, model, opt, step, cfg, phase):
     """Atomic: write a temp file in the same folder, then rename over the old checkpoint.
-    Under torchrun rank 0 writes it, with every rank's RNG state ("rng_ranks")."""
+    Under torchrun rank 0 writes it, with every rank's RNG state ("rng_ranks"), and under
+    --fsdp with the shards gathered: whole weights and optimizer state, which any number of
+    processes can load."""
     rngs = gather({"python": random.getstate(), "numpy": np.random.get_state(),
                    "torch": torch.get_rng_state()})
+    weights, opt_state = full_state(model.state_dict()), full_state(opt.state_dict())
     if is_main():
-        state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
+        state = {"model": weights, "optimizer": opt_state, "step": step,
                  "phase": phase, "config": asdict(cfg), "rng": rngs[0], "rng_ranks": rngs}
         tmp = path + ".tmp"
         torch.save(state, tmp)
@@ -376,11 +384,14 @@ def run_grpo(model, opt, tok, suite, cfg, log, ckpt_path, step):
     if cfg.kl_coef > 0:
         # kept on disk so that a resumed run compares against the same weights
         ref_path = os.path.join(cfg.out, "reference.pt")
-        if is_main() and (step == 0 or not os.path.exists(ref_path)):
-            torch.save(model.state_dict(), ref_path + ".tmp")
-            os.replace(ref_path + ".tmp", ref_path)
+        if step == 0 or not os.path.exists(ref_path):
+            weights = full_state(model.state_dict())
+            if is_main():
+                torch.save(weights, ref_path + ".tmp")
+                os.replace(ref_path + ".tmp", ref_path)
         barrier()                                   # written before any rank reads it
-        ref_model = copy.deepcopy(model).requires_grad_(False).eval()
+        # a plain copy (under --fsdp too: whole on every rank, no gradients, no collectives)
+        ref_model = copy.deepcopy(unsharded(model)).requires_grad_(False).eval()
         ref_model.load_state_dict(torch.load(ref_path, map_location=model.device))
     train_set = suite.split("train")
     bar = tqdm(range(step, cfg.steps), desc=f"grpo/{cfg.reward}", disable=not is_main())
@@ -399,11 +410,13 @@ def run_grpo(model, opt, tok, suite, cfg, log, ckpt_path, step):
 def held_out(evals, name, model, tok, suite, test_set, cfg, path):
     """Greedy evaluation `name` ("start", "rl_start", "end"), done once: kept in OUT/evals.json
     (written atomically) so that a resumed run reports the evaluations of its earlier part."""
-    if name not in evals and is_main():                   # the other ranks wait
-        evals[name] = accuracy(model, tok, suite, test_set, cfg)
-        with open(path + ".tmp", "w") as f:
-            json.dump(evals, f)
-        os.replace(path + ".tmp", path)
+    if name not in evals:
+        policy = unsharded(model)                         # every rank: a collective under --fsdp
+        if is_main():                                     # the other ranks wait
+            evals[name] = accuracy(policy, tok, suite, test_set, cfg)
+            with open(path + ".tmp", "w") as f:
+                json.dump(evals, f)
+            os.replace(path + ".tmp", path)
     barrier()
     return evals.get(name)
 
@@ -416,7 +429,7 @@ def gain(before, after):
 
 
 def train(cfg):
-    device = setup_distributed() or cfg.device      # torchrun: one process group, one device each
+    device = setup_distributed(cfg.fsdp) or cfg.device   # torchrun: a process group, a device each
     if cfg.batch_size % world() or cfg.sft_batch_size % world():
         sys.exit(f"--batch-size {cfg.batch_size} and --sft-batch-size {cfg.sft_batch_size} must "
                  f"be multiples of the {world()} processes (each takes whole groups)")
@@ -440,15 +453,21 @@ def train(cfg):
 
     sft_steps = cfg.steps if cfg.method == "sft" else cfg.warmup_sft_steps
     rl_steps = cfg.steps if cfg.method == "grpo" else 0
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.sft_lr if sft_steps else cfg.lr,
-                            weight_decay=0.0)
     step, phase = 0, "sft" if sft_steps else "grpo"
     resumed = cfg.resume and os.path.exists(ckpt_path)
     if resumed:
         state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        model.load_state_dict(state["model"])
+        model.load_state_dict(state["model"])             # whole weights, before any sharding
+    if cfg.fsdp:
+        shard(model)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.sft_lr if sft_steps else cfg.lr,
+                            weight_decay=0.0)
+    if resumed:
         step, phase = state["step"], state["phase"]
-        opt.load_state_dict(state["optimizer"])           # its lr included
+        if cfg.fsdp:                                      # each rank keeps its shard of it
+            shard_optimizer_state(opt, state["optimizer"])
+        else:
+            opt.load_state_dict(state["optimizer"])       # its lr included
         restore_rng(state, cfg.seed)
         if is_main():
             drop_metrics_after(os.path.join(cfg.out, "metrics.jsonl"), phase, step)

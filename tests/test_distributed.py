@@ -1,4 +1,5 @@
-"""train.py's data-parallel path on CPU: 2 processes over gloo, a tiny random Qwen2-style model."""
+"""train.py's data-parallel paths on CPU, DDP-style and --fsdp: 2 processes over gloo, a tiny
+random Qwen2-style model."""
 import os
 import socket
 import sys
@@ -27,35 +28,58 @@ def tiny_qwen():
     return Qwen2ForCausalLM(cfg).float()
 
 
-def one_step(groups, adv):
-    """One GRPO update (policy_update) on the given groups -> (metrics, weights)."""
+def one_step(groups, adv, fsdp=False):
+    """One GRPO update (policy_update) on the given groups -> (metrics, model, optimizer)."""
+    import distributed
     import train
     model = tiny_qwen()
+    if fsdp:
+        distributed.shard(model)
     ref = tiny_qwen().requires_grad_(False)
     with torch.no_grad():                          # a reference that differs: KL is not 0
         for p in ref.parameters():
             p.add_(0.01 * torch.randn_like(p))
     # SGD: the update is the gradient itself. (Adam would blow the ~1e-10 rounding noise of
     # gradients that are 0 in exact arithmetic, such as k_proj's bias, up to lr-sized steps.)
-    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    # Momentum gives the optimizer a state to checkpoint (after one step it is the gradient).
+    opt = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9)
     cfg = train.Config(micro_batch=1, precision="fp32", kl_coef=0.1, ppo_epochs=2)
     seqs = [s for g in groups for s in g]
     m = train.policy_update(model, ref, opt, 0, seqs, torch.tensor([a for g in adv for a in g]),
                             cfg)
-    return m, {k: v.detach().clone() for k, v in model.state_dict().items()}
+    return m, model, opt
 
 
-def _rank_main(rank, world, port, out):
+def weights(model):
+    import distributed
+    return {k: v.detach().clone() for k, v in distributed.full_state(model.state_dict()).items()}
+
+
+def _rank_main(rank, world, port, out, fsdp):
     sys.path.insert(0, ROOT)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world),
                       RANK=str(rank), LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
     import distributed
+    import train
     distributed.setup()
     mine = distributed.my_share(list(range(len(GROUPS))))        # whole groups per rank
-    m, weights = one_step([GROUPS[i] for i in mine], [ADV[i] for i in mine])
+    m, model, opt = one_step([GROUPS[i] for i in mine], [ADV[i] for i in mine], fsdp)
+    w = weights(model)                                           # a collective under --fsdp
+    train.save_checkpoint(out + ".ckpt", model, opt, 1, train.Config(), "grpo")
+    if fsdp:   # resuming on 2 ranks: each cuts its shard of the whole optimizer state back out
+        state = torch.load(out + ".ckpt", weights_only=False)
+        model2 = tiny_qwen()
+        model2.load_state_dict(state["model"])
+        distributed.shard(model2)
+        opt2 = torch.optim.SGD(model2.parameters(), lr=0.5, momentum=0.9)
+        distributed.shard_optimizer_state(opt2, state["optimizer"])
+        reloaded = distributed.full_state(opt2.state_dict())["state"]
+        m["reloaded_matches"] = all(
+            torch.equal(reloaded[i]["momentum_buffer"], s["momentum_buffer"])
+            for i, s in state["optimizer"]["state"].items())
     if rank == 0:
-        torch.save({"metrics": m, "weights": weights}, out)
+        torch.save({"metrics": m, "weights": w}, out)
     dist.barrier()
     distributed.teardown()
     sys.stdout.flush()
@@ -70,14 +94,18 @@ def free_port():
         return s.getsockname()[1]
 
 
-def test_two_ranks_update_equals_one_process_on_the_same_groups(tmp_path):
-    """(a) world size 2, one group each, gives the weights of world size 1 on both groups;
-    (b) with different token counts per rank the logged loss, KL and rows are the global
-    token means and counts, as in one process."""
+@pytest.mark.parametrize("fsdp", [False, True], ids=["ddp", "fsdp"])
+def test_two_ranks_update_equals_one_process_on_the_same_groups(tmp_path, fsdp):
+    """(a) world size 2, one group each, gives the weights of world size 1 on both groups,
+    whole (DDP-style) or with the decoder layers sharded (--fsdp); (b) with different token
+    counts per rank the logged loss, KL and rows are the global token means and counts, as
+    in one process; (c) the checkpoint the 2 ranks write loads into one process and holds
+    the one-process weights and optimizer state (and, under --fsdp, shards back out)."""
     torch.set_num_threads(1)
-    m1, w1 = one_step(GROUPS, ADV)
+    m1, model1, opt1 = one_step(GROUPS, ADV)
+    w1 = weights(model1)
     out = str(tmp_path / "rank0.pt")
-    mp.spawn(_rank_main, args=(2, free_port(), out), nprocs=2, join=True)
+    mp.spawn(_rank_main, args=(2, free_port(), out, fsdp), nprocs=2, join=True)
     got = torch.load(out)
     for k, v in w1.items():
         assert torch.allclose(v, got["weights"][k], atol=1e-6), k
@@ -85,3 +113,18 @@ def test_two_ranks_update_equals_one_process_on_the_same_groups(tmp_path):
     for k in ("loss", "kl", "clip_frac"):
         assert got["metrics"][k] == pytest.approx(m1[k], abs=1e-6), k
     assert m1["kl"] > 0
+
+    state = torch.load(out + ".ckpt", weights_only=False)
+    model, opt = tiny_qwen(), None
+    model.load_state_dict(state["model"])
+    opt = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9)
+    opt.load_state_dict(state["optimizer"])
+    for k, v in w1.items():
+        assert torch.allclose(v, model.state_dict()[k], atol=1e-6), k
+    mine, theirs = opt1.state_dict()["state"], opt.state_dict()["state"]
+    assert mine.keys() == theirs.keys() and len(mine) > 0
+    for i in mine:
+        assert torch.allclose(mine[i]["momentum_buffer"], theirs[i]["momentum_buffer"],
+                              atol=1e-6), i
+    if fsdp:
+        assert got["metrics"]["reloaded_matches"]
