@@ -1,0 +1,43 @@
+"""Greedy held-out accuracy of two run folders on the same math test problems, and the paired
+bootstrap 95% CI of the difference: the RL phase of a run measured on more problems than its
+own evaluation used.
+
+    python experiments/paired_eval.py BEFORE_RUN AFTER_RUN N OUT.json
+
+BEFORE_RUN and AFTER_RUN are train.py run folders (or model names); the evaluation is the one
+train.py makes (train.accuracy, its default token limits), on the first N test problems.
+"""
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from evaluate import paired_bootstrap_ci  # noqa: E402
+from model import load_model  # noqa: E402
+from tasks import load_suite  # noqa: E402
+from train import Config, accuracy  # noqa: E402
+
+
+def main(before, after, n, out):
+    cfg, suite = Config(), load_suite("math")
+    test = suite.split("test")[:n]
+    res = {}
+    for name, run in (("before", before), ("after", after)):
+        t0 = time.time()
+        tok, model = load_model(run)
+        res[name] = {"run": run, **accuracy(model, tok, suite, test, cfg),
+                     "seconds": round(time.time() - t0)}
+        print(f"{name} {run}: {res[name]['accuracy']:.3f} (n={n}, {res[name]['seconds']} s)",
+              flush=True)
+    d, lo, hi = paired_bootstrap_ci(res["after"]["correct"], res["before"]["correct"])
+    res["difference"] = {"mean": d, "ci95": [lo, hi], "n": n}
+    print(f"after - before: {d:+.3f}, 95% CI [{lo:+.3f}, {hi:+.3f}], paired bootstrap, n={n}")
+    with open(out + ".tmp", "w") as f:
+        json.dump(res, f)
+    os.replace(out + ".tmp", out)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4])
