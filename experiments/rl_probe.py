@@ -2,11 +2,13 @@
 of one setting, in minutes rather than a whole replication.
 
     python experiments/rl_probe.py '{"init": "runs/warm", "steps": 15, "batch_size": 8,
-        "group_size": 4, "lr": 1e-5, "eval_n": 100}' 5 runs/probe.jsonl [--no-std]
+        "group_size": 4, "lr": 1e-5, "eval_n": 100}' 5 runs/probe.jsonl [--no-std] [BEFORE.json]
 
 The JSON holds train.Config fields; the probe evaluates greedily on the first eval_n math test
 problems at step 0 and every `every` steps, printing the paired bootstrap CI of the change.
 One line per GRPO step and per evaluation goes to the output JSONL (results/rl-log.md).
+BEFORE.json, an experiments/paired_eval.py output whose "before" is the same init evaluated on
+the same eval_n problems, stands in for the step-0 evaluation (greedy, so it would be the same).
 --no-std swaps in Dr. GRPO's advantage, r - group mean without the division by the group's
 std, which leaves a small reward difference (MENTOR's 0.06 tool credit) small.
 """
@@ -34,7 +36,7 @@ def centred_advantages(rewards, eps=1e-6):
     return rewards - rewards.mean(1, keepdim=True)
 
 
-def main(config_json, every, out):
+def main(config_json, every, out, before=None):
     cfg = Config(**json.loads(config_json))
     random.seed(cfg.seed); np.random.seed(cfg.seed); torch.manual_seed(cfg.seed)
     tok, model = load_model(cfg.init, device=cfg.device)
@@ -43,7 +45,12 @@ def main(config_json, every, out):
     ref = copy.deepcopy(model).requires_grad_(False).eval() if cfg.kl_coef > 0 else None
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
     with open(out, "w") as log:
-        e0 = accuracy(model, tok, suite, test, cfg)
+        if before:
+            with open(before) as f:
+                e0 = json.load(f)["before"]
+            assert len(e0["correct"]) == len(test), "BEFORE.json was evaluated on other problems"
+        else:
+            e0 = accuracy(model, tok, suite, test, cfg)
         print("step 0", e0["accuracy"], flush=True)
         log.write(json.dumps({"eval_step": 0, **e0}) + "\n")
         for step in range(1, cfg.steps + 1):
@@ -64,4 +71,4 @@ if __name__ == "__main__":
     if "--no-std" in sys.argv:
         sys.argv.remove("--no-std")
         train.group_advantages = centred_advantages
-    main(sys.argv[1], int(sys.argv[2]), sys.argv[3])
+    main(sys.argv[1], int(sys.argv[2]), sys.argv[3], *sys.argv[4:5])
