@@ -111,12 +111,15 @@ def masked_mean(x, mask):
 def group_advantages(rewards, eps=1e-6):
     """(B, G) rewards -> (B, G) advantages (r - mean) / (std + eps) within each group.
 
-    std is the population std (unbiased=False): a group whose rewards are all
-    equal (or a group of one) gets advantage exactly 0, so no policy gradient.
+    std is the population std (unbiased=False). A group whose rewards are all equal
+    (or a group of one) gets advantage exactly 0, so no policy gradient: set
+    explicitly, because in float32 the mean of 8 rewards of 0.16 is not exactly 0.16,
+    and (r - mean) / eps would turn that rounding into advantages of about 0.01-0.06.
     """
     mean = rewards.mean(1, keepdim=True)                  # (B, 1)
     std = rewards.std(1, unbiased=False, keepdim=True)    # (B, 1)
-    return (rewards - mean) / (std + eps)
+    flat = (rewards == rewards[:, :1]).all(1, keepdim=True)                   # (B, 1)
+    return ((rewards - mean) / (std + eps)).masked_fill(flat, 0.0)
 
 
 def kl_k3(logp, ref_logp):
@@ -242,7 +245,7 @@ def reward_metrics(rewards, scored):
             parts[k] = parts.get(k, 0.0) + v / len(scored)
     return {"reward_mean": rewards.mean().item(), "reward_std": rewards.std(unbiased=False).item(),
             **{f"reward/{k}": v for k, v in parts.items()},
-            "groups_with_signal": float((rewards.std(1) > 0).float().mean())}
+            "groups_with_signal": float((rewards.amax(1) > rewards.amin(1)).float().mean())}
 
 
 @torch.no_grad()

@@ -15,6 +15,10 @@ def test_group_advantages_by_hand():
     assert torch.allclose(adv[0], torch.tensor([1.0, -1.0, -1.0, 1.0]), atol=1e-5)
     assert torch.equal(adv[1], torch.zeros(4))            # all equal: exactly 0
     assert torch.equal(group_advantages(torch.tensor([[0.7]])), torch.zeros(1, 1))  # group of one
+    # groups of 8 equal rewards: float32's mean of them is off by ~1e-8, which (r - mean) / eps
+    # would blow up to advantages of 0.01-0.06; they must stay exactly 0
+    for v in (0.1, 0.16, 0.7, 0.86):
+        assert torch.equal(group_advantages(torch.full((1, 8), v)), torch.zeros(1, 8)), v
 
 
 def test_kl_k3_is_zero_iff_equal_and_matches_formula():
