@@ -9,7 +9,8 @@
     torchrun --nproc_per_node 8 train.py --fsdp ...   # several GPUs (distributed.py)
 
 One GRPO step (PAPER.md, "The method"):
-  1. sample batch_size training questions, group_size rollouts each (rollout.py);
+  1. sample batch_size training questions, group_size rollouts each (rollout.py)
+     (--max-sample-batches N: more batches while too few groups have signal, DAPO);
   2. score every rollout with the reward (reward.py) -> r of shape (B, G);
   3. A = (r - mean_group) / (std_group + eps), the same for every token of a rollout;
      rows with A == 0 (a group whose rewards are all equal) carry no policy gradient
@@ -71,6 +72,8 @@ class Config:
     batch_size: int = 8             # questions per step (SFT: trajectories per step)
     sft_batch_size: int = 8
     group_size: int = 4             # G rollouts per question
+    max_sample_batches: int = 1     # >1: DAPO's dynamic sampling (grpo_step): draw up to this many
+                                    # batches a step until batch_size groups have signal
     lr: float = 1e-5
     sft_lr: float = 1e-4
     clip_eps: float = 0.2
@@ -108,6 +111,11 @@ def masked_mean(x, mask):
     return (x * mask).sum() / mask.sum().clamp(min=1)
 
 
+def has_signal(rewards):
+    """(B, G) rewards -> (B,) bool: the group's rewards are not all equal, so it has a gradient."""
+    return rewards.amax(1) > rewards.amin(1)
+
+
 def group_advantages(rewards, eps=1e-6):
     """(B, G) rewards -> (B, G) advantages (r - mean) / (std + eps) within each group.
 
@@ -118,7 +126,7 @@ def group_advantages(rewards, eps=1e-6):
     """
     mean = rewards.mean(1, keepdim=True)                  # (B, 1)
     std = rewards.std(1, unbiased=False, keepdim=True)    # (B, 1)
-    flat = (rewards == rewards[:, :1]).all(1, keepdim=True)                   # (B, 1)
+    flat = ~has_signal(rewards)[:, None]                  # (B, 1)
     return ((rewards - mean) / (std + eps)).masked_fill(flat, 0.0)
 
 
@@ -174,27 +182,55 @@ def sft_step(model, opt, tok, trajs, cfg):
     return {"sft_loss": all_sum(loss), "tokens": batch.n_tokens}
 
 
-def grpo_step(model, ref_model, opt, tok, suite, problems, cfg):
+def grpo_step(model, ref_model, opt, tok, suite, problems, cfg, draw=None):
     """Rollouts, rewards, advantages and ppo_epochs optimizer steps -> metrics.
-    Under torchrun each rank takes whole groups: its share of `problems` (distributed.py)."""
+    Under torchrun each rank takes whole groups: its share of `problems` (distributed.py).
+
+    Dynamic sampling (DAPO), cfg.max_sample_batches > 1: a group whose rewards are all equal
+    teaches nothing, and a step whose batch has one or two groups with signal still takes a
+    full-size AdamW step, on one or two questions. So while fewer than batch_size groups have
+    signal, draw() another batch of questions and roll it out, up to max_sample_batches
+    batches; the step then trains on the first batch_size groups with signal. The metrics
+    (reward, accuracy, ...) are over every rollout sampled.
+    """
+    if cfg.max_sample_batches > 1 and draw is None:
+        raise ValueError("max_sample_batches > 1 needs draw(), the source of further batches")
     t0 = time.time()
-    problems = my_share(problems)
     model.eval()
     policy = rollout_weights(unsharded(model), compute_dtype(model.device, cfg.precision))
-    rollouts = generate_rollouts(policy, tok, problems, suite.tools, suite.schemas,
-                                 group_size=cfg.group_size, max_turns=cfg.max_turns,
-                                 max_new_tokens=cfg.max_new_tokens,
-                                 max_total_tokens=cfg.max_total_tokens,
-                                 temperature=cfg.temperature)
+    G, share = cfg.group_size, cfg.batch_size // world()
+    sampled, batches = [], 0                     # every rollout; batches drawn
+    train_rollouts, train_rewards = [], []       # what the loss sees: groups (G rollouts, (G,))
+    while True:
+        batch = my_share(problems if batches == 0 else draw())
+        batches += 1
+        rollouts = generate_rollouts(policy, tok, batch, suite.tools, suite.schemas,
+                                     group_size=G, max_turns=cfg.max_turns,
+                                     max_new_tokens=cfg.max_new_tokens,
+                                     max_total_tokens=cfg.max_total_tokens,
+                                     temperature=cfg.temperature)
+        scored = [compute_reward(cfg.reward, r, suite) for r in rollouts]
+        rewards = torch.tensor([s for s, _ in scored]).view(len(batch), G)         # (B, G)
+        sampled += list(zip(rollouts, scored))
+        if cfg.max_sample_batches == 1:          # plain GRPO: flat groups get advantage 0
+            train_rollouts, train_rewards = rollouts, list(rewards)
+            break
+        for i in has_signal(rewards).nonzero().flatten().tolist()[:share - len(train_rewards)]:
+            train_rollouts += rollouts[i * G:(i + 1) * G]
+            train_rewards.append(rewards[i])
+        # every rank loops alike: stop when all have their share, or at the cap
+        if all_sum(len(train_rewards)) == cfg.batch_size or batches == cfg.max_sample_batches:
+            break
     t_rollout = time.time() - t0
-    scored = [compute_reward(cfg.reward, r, suite) for r in rollouts]
-    rewards = torch.tensor([s for s, _ in scored]).view(len(problems), cfg.group_size)  # (B, G)
-    adv = group_advantages(rewards).flatten().to(model.device)                        # (N,)
-    metrics = mean_metrics({**reward_metrics(rewards, scored), **rollout_metrics(rollouts, suite),
-                            "rollout_time": t_rollout})
-    metrics["rollout_tok_s"] = metrics["response_tokens"] * len(rollouts) / t_rollout
-    seqs = [(r.prompt_ids, r.ids, r.mask) for r in rollouts]
-    return {**metrics, **policy_update(model, ref_model, opt, tok.pad_token_id, seqs, adv, cfg)}
+    all_rewards = torch.tensor([s for _, (s, _) in sampled]).view(-1, G)             # (B', G)
+    adv = group_advantages(torch.stack(train_rewards) if train_rewards else torch.zeros(0, G))
+    metrics = mean_metrics({**reward_metrics(all_rewards, [sc for _, sc in sampled]),
+                            **rollout_metrics([r for r, _ in sampled], suite),
+                            "rollout_time": t_rollout, "sample_batches": batches})
+    metrics["rollout_tok_s"] = metrics["response_tokens"] * len(sampled) / t_rollout
+    seqs = [(r.prompt_ids, r.ids, r.mask) for r in train_rollouts]
+    return {**metrics, **policy_update(model, ref_model, opt, tok.pad_token_id, seqs,
+                                       adv.flatten().to(model.device), cfg)}
 
 
 def policy_update(model, ref_model, opt, pad_id, seqs, adv, cfg):
@@ -245,7 +281,7 @@ def reward_metrics(rewards, scored):
             parts[k] = parts.get(k, 0.0) + v / len(scored)
     return {"reward_mean": rewards.mean().item(), "reward_std": rewards.std(unbiased=False).item(),
             **{f"reward/{k}": v for k, v in parts.items()},
-            "groups_with_signal": float((rewards.amax(1) > rewards.amin(1)).float().mean())}
+            "groups_with_signal": has_signal(rewards).float().mean().item()}
 
 
 @torch.no_grad()
@@ -398,10 +434,12 @@ def run_grpo(model, opt, tok, suite, cfg, log, ckpt_path, step):
         ref_model.load_state_dict(torch.load(ref_path, map_location=model.device))
     train_set = suite.split("train")
     bar = tqdm(range(step, cfg.steps), desc=f"grpo/{cfg.reward}", disable=not is_main())
+
+    def draw():                                 # the same questions on every rank
+        return random.sample(train_set, cfg.batch_size)
     for step in bar:
         t0 = time.time()
-        problems = random.sample(train_set, cfg.batch_size)
-        m = grpo_step(model, ref_model, opt, tok, suite, problems, cfg)
+        m = grpo_step(model, ref_model, opt, tok, suite, draw(), cfg, draw)
         m = {"phase": "grpo", "step": step + 1, **m, "step_time": time.time() - t0}
         write_line(log, m)
         bar.set_postfix(reward=f"{m['reward_mean']:.3f}", acc=f"{m['accuracy']:.2f}",
@@ -436,6 +474,11 @@ def train(cfg):
     if cfg.batch_size % world() or cfg.sft_batch_size % world():
         sys.exit(f"--batch-size {cfg.batch_size} and --sft-batch-size {cfg.sft_batch_size} must "
                  f"be multiples of the {world()} processes (each takes whole groups)")
+    if cfg.max_sample_batches < 1:
+        sys.exit(f"--max-sample-batches {cfg.max_sample_batches}: at least 1 batch a step")
+    if cfg.fsdp and cfg.max_sample_batches > 1:
+        sys.exit("--max-sample-batches > 1 does not go with --fsdp: ranks could keep different "
+                 "numbers of groups, and every sharded forward is a collective")
     # the same questions on every rank (Python/NumPy), its own rollouts on each (torch)
     random.seed(cfg.seed); np.random.seed(cfg.seed); torch.manual_seed(cfg.seed + rank())
     os.makedirs(cfg.out, exist_ok=True)
@@ -448,8 +491,10 @@ def train(cfg):
     if cfg.preset and is_main():
         print(f"preset {cfg.preset} ({'a CUDA device' if cfg.preset == 'gpu' else 'CPU settings'}; "
               f"--preset {'cpu' if cfg.preset == 'gpu' else 'gpu'} for the other); "
-              f"{cfg.warmup_sft_steps} SFT + {cfg.steps} {cfg.method.upper()} steps, "
-              f"{cfg.batch_size} x {cfg.group_size}, lr {cfg.lr:g}, on {model.device}")
+              + (f"{cfg.steps} SFT steps of {cfg.sft_batch_size}, lr {cfg.sft_lr:g}"
+                 if cfg.method == "sft" else
+                 f"{cfg.warmup_sft_steps} SFT + {cfg.steps} GRPO steps of {cfg.batch_size} x "
+                 f"{cfg.group_size}, lr {cfg.lr:g}") + f", on {model.device}")
     if is_main():
         with open(os.path.join(cfg.out, "run.json"), "w") as f:
             json.dump({"student": cfg.student, **asdict(cfg), "world_size": world()}, f, indent=1)

@@ -32,8 +32,10 @@ from train import Config, accuracy, grpo_step  # noqa: E402
 
 
 def centred_advantages(rewards, eps=1e-6):
-    """(B, G) -> (B, G): r - group mean (Dr. GRPO: no division by the group's std)."""
-    return rewards - rewards.mean(1, keepdim=True)
+    """(B, G) -> (B, G): r - group mean (Dr. GRPO: no division by the group's std); exactly 0
+    for a group of equal rewards, as in train.group_advantages (float32 rounding aside)."""
+    flat = ~train.has_signal(rewards)[:, None]
+    return (rewards - rewards.mean(1, keepdim=True)).masked_fill(flat, 0.0)
 
 
 def main(config_json, every, out, before=None):
@@ -53,13 +55,16 @@ def main(config_json, every, out, before=None):
             e0 = accuracy(model, tok, suite, test, cfg)
         print("step 0", e0["accuracy"], flush=True)
         log.write(json.dumps({"eval_step": 0, **e0}) + "\n")
+        def draw():
+            return random.sample(train_set, cfg.batch_size)
         for step in range(1, cfg.steps + 1):
             t0 = time.time()
-            m = grpo_step(model, ref, opt, tok, suite, random.sample(train_set, cfg.batch_size), cfg)
+            m = grpo_step(model, ref, opt, tok, suite, draw(), cfg, draw)
             m.update(step=step, step_time=time.time() - t0)
             log.write(json.dumps(m) + "\n"); log.flush()
             print(step, {k: round(m[k], 3) for k in ("reward_mean", "accuracy",
-                         "groups_with_signal", "kl", "response_tokens", "step_time")}, flush=True)
+                         "groups_with_signal", "sample_batches", "trained_rows", "kl",
+                         "response_tokens", "step_time")}, flush=True)
             if step % every == 0:
                 e = accuracy(model, tok, suite, test, cfg)
                 ci = paired_bootstrap_ci(e["correct"], e0["correct"])

@@ -64,6 +64,41 @@ def test_bf16_grpo_step_keeps_fp32_weights(math_suite, monkeypatch):
                if "rotary" not in k)
 
 
+def test_dynamic_sampling_draws_until_enough_groups_have_signal(math_suite, monkeypatch):
+    """max_sample_batches > 1 (DAPO): flat groups are skipped and more batches drawn until
+    batch_size groups have signal, or the cap; the loss sees only those groups."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+    from model import load_model
+    tok, _ = load_model("SmolLM2-135M", device="cpu")
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
+                                         num_hidden_layers=2, num_attention_heads=4,
+                                         num_key_value_heads=2, max_position_embeddings=2048))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    questions = math_suite.split("train")
+
+    def run(rewards, cap):
+        cfg = Config(**dict(TINY, batch_size=2, group_size=2, max_new_tokens=4,
+                            max_total_tokens=8), precision="fp32", max_sample_batches=cap)
+        it = iter(rewards)
+        monkeypatch.setattr(train, "compute_reward", lambda *a: (next(it), {}))
+        draws = iter(range(2, 100, 2))
+        draw = lambda: questions[next(draws):][:2]              # noqa: E731
+        return train.grpo_step(model, None, opt, tok, math_suite, questions[:2], cfg, draw)
+
+    # batch 1: two flat groups; batch 2: one with signal, one flat; batch 3: two with signal
+    m = run([0.1, 0.1, 0.0, 0.0] + [0.0, 1.0, 0.1, 0.1] + [0.1, 0.16, 1.0, 0.1], cap=4)
+    assert m["sample_batches"] == 3
+    assert m["trained_rows"] == 4                # 2 groups with signal, the third one not kept
+    assert m["groups_with_signal"] == 3 / 6      # over every group sampled
+    # the cap: only one group with signal in 2 batches, the step trains on it alone
+    m = run([0.1, 0.1, 0.0, 0.0] + [0.0, 1.0, 0.1, 0.1], cap=2)
+    assert m["sample_batches"] == 2 and m["trained_rows"] == 2
+    with pytest.raises(ValueError):
+        train.grpo_step(model, None, opt, tok, math_suite, questions[:2],
+                        Config(max_sample_batches=2))
+
+
 def test_sft_baseline_lowers_its_loss(tmp_path):
     out = str(tmp_path / "sft")
     train.train(Config(**dict(TINY, sft_batch_size=4), method="sft", steps=4, out=out))
