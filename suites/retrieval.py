@@ -30,8 +30,9 @@ def _unique(rng, n, make):
     return sorted(seen)
 
 
-def build_world(seed=SEED):
-    """Deterministic invented world -> (passages, problems)."""
+def invent_world(seed=SEED):
+    """Deterministic invented world -> {"passages": [...], kind: {name: passage}, facts}.
+    The `lookup` suite reads the same world one record at a time."""
     rng = random.Random(seed)
     countries = _unique(rng, 12, lambda: _word(rng, 3) + "ia")
     towns = _unique(rng, 60, lambda: _word(rng, 2) + rng.choice(["ton", "mouth", "burg", "vale"]))
@@ -41,22 +42,35 @@ def build_world(seed=SEED):
     rng.shuffle(people)
     jobs = ["a potter", "a surveyor", "a violinist", "a beekeeper", "a cartographer", "a chemist"]
 
-    town_country = {t: rng.choice(countries) for t in towns}
-    birth = {p: rng.choice(towns) for p in people}
-    founder = {c: people[i] for i, c in enumerate(companies)}
-    maker = {pr: companies[i] for i, pr in enumerate(products)}
-
-    passages = []
+    w = {"people": {}, "towns": {}, "companies": {}, "products": {},
+         "town_country": {t: rng.choice(countries) for t in towns},
+         "order": people}                       # the shuffled people, as the problems use them
+    w["birth"] = {p: rng.choice(towns) for p in people}
+    w["founder"] = {c: people[i] for i, c in enumerate(companies)}
+    w["maker"] = {pr: companies[i] for i, pr in enumerate(products)}
+    w["job"], w["founded"] = {}, {}
     for t in towns:
-        passages.append(f"{t} is a town in {town_country[t]}, known for its "
-                        f"{rng.choice(['markets', 'bridges', 'orchards', 'festivals'])}.")
+        w["towns"][t] = (f"{t} is a town in {w['town_country'][t]}, known for its "
+                         f"{rng.choice(['markets', 'bridges', 'orchards', 'festivals'])}.")
     for p in people:
-        passages.append(f"{p} was born in {birth[p]} and worked as {rng.choice(jobs)}.")
+        w["job"][p] = rng.choice(jobs)
+        w["people"][p] = f"{p} was born in {w['birth'][p]} and worked as {w['job'][p]}."
     for c in companies:
-        passages.append(f"{c} was founded by {founder[c]} in {rng.randint(1890, 2015)}.")
+        w["founded"][c] = rng.randint(1890, 2015)
+        w["companies"][c] = f"{c} was founded by {w['founder'][c]} in {w['founded'][c]}."
     for pr in products:
-        passages.append(f"{pr[0].upper() + pr[1:]} is a device made by {maker[pr]}.")
+        w["products"][pr] = f"{pr[0].upper() + pr[1:]} is a device made by {w['maker'][pr]}."
+    w["passages"] = [*w["towns"].values(), *w["people"].values(), *w["companies"].values(),
+                     *w["products"].values()]
+    return w
 
+
+def build_world(seed=SEED):
+    """Deterministic invented world -> (passages, problems)."""
+    w = invent_world(seed)
+    people, companies, products = w["order"], list(w["companies"]), list(w["products"])
+    town_country, birth, founder, maker = w["town_country"], w["birth"], w["founder"], w["maker"]
+    passages = w["passages"]
     problems = []
     for p in people[40:]:
         problems.append({"question": f"In which country was {p} born?",

@@ -1,4 +1,4 @@
-"""The out-of-domain suites `shop` and `dates`: they load, never overlap training, their
+"""The out-of-domain suites `shop`, `dates` and `lookup`: they load, never overlap training, their
 reference answers score correct and their tools hold against hostile calls."""
 import json
 import time
@@ -9,7 +9,7 @@ from tools import execute_tool_call
 from tasks import answers_match, extract_boxed, load_suite
 from teacher import reference_messages
 
-OOD = ["shop", "dates"]
+OOD = ["shop", "dates", "lookup"]
 
 
 @pytest.fixture(scope="module", params=OOD)
@@ -74,6 +74,13 @@ HOSTILE = {
         ('{"name": "days_in_month", "arguments": {"year": 2024, "month": 13}}', "no such date"),
         ('{"name": "days_in_month", "arguments": {"year": "2024", "month": 2}}', "must be an integer"),
     ],
+    "lookup": [
+        ('{"name": "birth_town", "arguments": {"person": "Nobody Here"}}', "no person"),
+        ('{"name": "country_of_town", "arguments": {"town": "' + "x" * 5_000 + '"}}', "no town"),
+        ('{"name": "company_founder", "arguments": {"company": ["a", "b"]}}', "must be a str"),
+        ('{"name": "product_maker", "arguments": {}}', "missing"),
+        ('{"name": "trade_of", "arguments": {"person": "x", "town": "y"}}', "unexpected"),
+    ],
 }
 
 
@@ -85,3 +92,14 @@ def test_hostile_calls_become_error_responses(suite):
         response = json.loads(response)
         assert "result" not in response and expect in response["error"], (body[:80], response)
         assert len(json.dumps(response)) <= 2_000
+
+
+def test_lookup_finds_the_name_in_the_query_as_a_search_box_does():
+    suite = load_suite("lookup")
+    p = next(p for p in suite.problems if p["teacher_tools"] == ["product_maker"])
+    name = p["solution"][0]["arguments"]["product"]                 # "the kalomix"
+    maker = suite.tools["product_maker"]
+    assert maker(name) == maker("  " + name.upper()) == maker(name[4:] + ".") == p["answer"]
+    assert maker(f"the company that makes {name}, please") == p["answer"]
+    with pytest.raises(ValueError, match="no product"):
+        maker(name[4:-1])                                           # a name cut short is no name
