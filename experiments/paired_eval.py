@@ -6,6 +6,9 @@ own evaluation used.
 
 BEFORE_RUN and AFTER_RUN are train.py run folders (or model names); the evaluation is the one
 train.py makes (train.accuracy, its default token limits), on the first N test problems.
+BEFORE_RUN may also be an earlier OUT.json: its "before" evaluation is reused (greedy, so the
+same run evaluates the same way again), which halves the time when several runs start from
+one warm start.
 """
 import json
 import os
@@ -24,7 +27,13 @@ def main(before, after, n, out):
     cfg, suite = Config(), load_suite("math")
     test = suite.split("test")[:n]
     res = {}
+    if before.endswith(".json"):
+        with open(before) as f:
+            res["before"] = json.load(f)["before"]
+        assert len(res["before"]["correct"]) == n, f"{before} was evaluated on other problems"
     for name, run in (("before", before), ("after", after)):
+        if name in res:
+            continue
         t0 = time.time()
         tok, model = load_model(run)
         res[name] = {"run": run, **accuracy(model, tok, suite, test, cfg),

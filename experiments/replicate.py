@@ -13,7 +13,7 @@ The warm start (SFT, cold start for a student that calls no tools) is shared by
 every RL run of a seed and is evaluated too, as the point RL starts from. Every
 method takes the same number of optimizer steps. Every checkpoint and the base
 model are evaluated greedily on math (in domain, its test split) and on
-retrieval, BFCL, shop and dates (out of domain, all problems). table.md gives
+retrieval, BFCL, shop, dates and lookup (out of domain, all problems). table.md gives
 mean +- std over seeds and paired bootstrap 95% CIs of MENTOR - SFT and
 MENTOR - sparse per suite; accuracy.png (error bars: std over seeds),
 jsd_vs_accuracy.png and training_curves.png go beside it.
@@ -38,15 +38,15 @@ from train import PRESETS as TRAIN_PRESETS, Config, train  # noqa: E402
 # eval_limit: problems per suite, the first ones (BFCL: n/5 per category; None: all). The cpu
 # preset trains with train.py's defaults (those of `make train`): the same warm start
 # length and the same number of optimizer steps for every method.
-SUITES = ["math", "retrieval", "bfcl", "shop", "dates"]
+SUITES = ["math", "retrieval", "bfcl", "shop", "dates", "lookup"]
 IN_DOMAIN = ("math",)          # trained on: scored on its test split; the others on everything
 PRESETS = {
     "cpu": dict(student="SmolLM2-135M", warm_steps=Config.warmup_sft_steps, rl_steps=Config.steps,
                 eval_limit={"math": 200, "retrieval": None, "bfcl": 100, "shop": None,
-                            "dates": None}, out="runs/replicate-cpu"),
+                            "dates": None, "lookup": None}, out="runs/replicate-cpu"),
     "gpu": dict(student="Qwen2.5-0.5B", warm_steps=0, rl_steps=150, batch_size=16, group_size=8,
                 eval_limit={"math": 300, "retrieval": None, "bfcl": 200, "shop": None,
-                            "dates": None}, out="runs/replicate-gpu"),
+                            "dates": None, "lookup": None}, out="runs/replicate-gpu"),
     # a few minutes end to end: checks the pipeline, says nothing about the method
     "smoke": dict(student="SmolLM2-135M", warm_steps=1, rl_steps=1, batch_size=1, group_size=2,
                   eval_limit={s: 2 for s in SUITES} | {"bfcl": 5}, out="runs/replicate-smoke",
