@@ -40,16 +40,22 @@ def test_grpo_with_warm_start_runs_and_logs_everything(tmp_path):
     assert w.dtype == torch.float32           # trained weights stay fp32
 
 
-def test_bf16_grpo_step_keeps_fp32_weights(math_suite, monkeypatch):
-    """The mixed path (bf16 rollout copy, bf16 autocast loss) on a tiny random model with the
-    real tokenizer: fast on any CPU. The weights move, and stay fp32 and finite."""
+def tiny_llama_with_real_tokenizer():
+    """The real tokenizer and a randomly initialised 2-layer Llama: fast on any CPU."""
     from transformers import LlamaConfig, LlamaForCausalLM
     from model import load_model
     tok, _ = load_model("SmolLM2-135M", device="cpu")
     torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
-                                         num_hidden_layers=2, num_attention_heads=4,
-                                         num_key_value_heads=2, max_position_embeddings=2048))
+    return tok, LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32,
+                                             intermediate_size=64, num_hidden_layers=2,
+                                             num_attention_heads=4, num_key_value_heads=2,
+                                             max_position_embeddings=2048))
+
+
+def test_bf16_grpo_step_keeps_fp32_weights(math_suite, monkeypatch):
+    """The mixed path (bf16 rollout copy, bf16 autocast loss) on a tiny random model with the
+    real tokenizer: fast on any CPU. The weights move, and stay fp32 and finite."""
+    tok, model = tiny_llama_with_real_tokenizer()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     cfg = Config(**dict(TINY, group_size=4), precision="bf16")
@@ -67,13 +73,7 @@ def test_bf16_grpo_step_keeps_fp32_weights(math_suite, monkeypatch):
 def test_dynamic_sampling_draws_until_enough_groups_have_signal(math_suite, monkeypatch):
     """max_sample_batches > 1 (DAPO): flat groups are skipped and more batches drawn until
     batch_size groups have signal, or the cap; the loss sees only those groups."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-    from model import load_model
-    tok, _ = load_model("SmolLM2-135M", device="cpu")
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
-                                         num_hidden_layers=2, num_attention_heads=4,
-                                         num_key_value_heads=2, max_position_embeddings=2048))
+    tok, model = tiny_llama_with_real_tokenizer()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     questions = math_suite.split("train")
 
