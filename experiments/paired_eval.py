@@ -23,14 +23,21 @@ from tasks import load_suite  # noqa: E402
 from train import Config, accuracy  # noqa: E402
 
 
+def read_before(path, n):
+    """The "before" evaluation of an earlier OUT.json, checked to cover the first n problems."""
+    with open(path) as f:
+        before = json.load(f)["before"]
+    if len(before["correct"]) != n:
+        sys.exit(f"{path}: its 'before' covers {len(before['correct'])} problems, not {n}")
+    return before
+
+
 def main(before, after, n, out):
     cfg, suite = Config(), load_suite("math")
     test = suite.split("test")[:n]
     res = {}
     if before.endswith(".json"):
-        with open(before) as f:
-            res["before"] = json.load(f)["before"]
-        assert len(res["before"]["correct"]) == n, f"{before} was evaluated on other problems"
+        res["before"] = read_before(before, n)
     for name, run in (("before", before), ("after", after)):
         if name in res:
             continue

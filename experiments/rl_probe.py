@@ -25,6 +25,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from evaluate import paired_bootstrap_ci  # noqa: E402
+from experiments.paired_eval import read_before  # noqa: E402
 from model import load_model  # noqa: E402
 from tasks import load_suite  # noqa: E402
 import train  # noqa: E402
@@ -47,14 +48,10 @@ def main(config_json, every, out, before=None):
     ref = copy.deepcopy(model).requires_grad_(False).eval() if cfg.kl_coef > 0 else None
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
     with open(out, "w") as log:
-        if before:
-            with open(before) as f:
-                e0 = json.load(f)["before"]
-            assert len(e0["correct"]) == len(test), "BEFORE.json was evaluated on other problems"
-        else:
-            e0 = accuracy(model, tok, suite, test, cfg)
+        e0 = read_before(before, len(test)) if before else accuracy(model, tok, suite, test, cfg)
         print("step 0", e0["accuracy"], flush=True)
         log.write(json.dumps({"eval_step": 0, **e0}) + "\n")
+
         def draw():
             return random.sample(train_set, cfg.batch_size)
         for step in range(1, cfg.steps + 1):
