@@ -22,11 +22,15 @@ def _norm(text):
     return text[4:] if text.startswith("the ") else text
 
 
+_NORMED = {kind: {e: f" {_norm(e)} " for e in WORLD[kind]}       # once, not on every call
+           for kind in ("people", "towns", "companies", "products")}
+
+
 def _find(kind, what, name):
     """The entry of WORLD[kind] named in `name`: as a search box does, the query may hold
     more than the name ("Kalo Renmi, the person") and ignores case; the longest name wins."""
     query = f" {_norm(name)} "
-    named = [e for e in WORLD[kind] if f" {_norm(e)} " in query]
+    named = [e for e, normed in _NORMED[kind].items() if normed in query]
     if not named:
         raise ValueError(f"no {what} called {str(name)[:200]!r} in the directory")
     return max(named, key=len)
