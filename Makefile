@@ -14,13 +14,18 @@ venv: .venv/ready
 train: .venv/ready
 	$(PY) train.py --preset cpu
 
+# the RL phase with dynamic sampling and 300-problem evaluations (about 100 min on 2 AVX2 cores);
+# --resume: run it again after an interruption and it continues from its last checkpoint
+train-long: .venv/ready
+	$(PY) train.py --preset cpu --max-sample-batches 4 --eval-n 300 --out runs/train-long --resume
+
 demo: .venv/ready
 	$(PY) rollout.py
 
 test: .venv/ready
 	$(PY) -m pytest -q tests
 
-.PHONY: venv train demo test
+.PHONY: venv train train-long demo test
 
 .venv-bench/ready: requirements.txt requirements-bench.txt
 	python3 -m venv .venv-bench

@@ -332,6 +332,14 @@ def save_checkpoint(path, model, opt, step, cfg, phase):
     barrier()
 
 
+def write_json(path, obj):
+    """json.dump, atomically: a process killed while writing leaves the old file, never half
+    of the new one."""
+    with open(path + ".tmp", "w") as f:
+        json.dump(obj, f, indent=1)
+    os.replace(path + ".tmp", path)
+
+
 def drop_metrics_after(path, phase, step):
     """Keep the metric lines up to the checkpoint (phase, step): a run killed after logging a
     step but before saving it redoes that step, and logs it once. Rewritten atomically."""
@@ -455,9 +463,7 @@ def held_out(evals, name, model, tok, suite, test_set, cfg, path):
         policy = unsharded(model)                         # every rank: a collective under --fsdp
         if is_main():                                     # the other ranks wait
             evals[name] = accuracy(policy, tok, suite, test_set, cfg)
-            with open(path + ".tmp", "w") as f:
-                json.dump(evals, f)
-            os.replace(path + ".tmp", path)
+            write_json(path, evals)
     barrier()
     return evals.get(name)
 

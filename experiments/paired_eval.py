@@ -20,7 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from evaluate import paired_bootstrap_ci  # noqa: E402
 from model import load_model  # noqa: E402
 from tasks import load_suite  # noqa: E402
-from train import Config, accuracy  # noqa: E402
+from train import Config, accuracy, write_json  # noqa: E402
 
 
 def read_before(path, n):
@@ -50,9 +50,7 @@ def main(before, after, n, out):
     d, lo, hi = paired_bootstrap_ci(res["after"]["correct"], res["before"]["correct"])
     res["difference"] = {"mean": d, "ci95": [lo, hi], "n": n}
     print(f"after - before: {d:+.3f}, 95% CI [{lo:+.3f}, {hi:+.3f}], paired bootstrap, n={n}")
-    with open(out + ".tmp", "w") as f:
-        json.dump(res, f)
-    os.replace(out + ".tmp", out)
+    write_json(out, res)
 
 
 if __name__ == "__main__":

@@ -165,6 +165,34 @@ def test_limit_per_suite(monkeypatch):
     assert seen == {"math": 7, "bfcl": 7}
 
 
+def test_replicate_evaluation_resumes_suite_by_suite(tmp_path, monkeypatch):
+    """replicate.run_eval writes eval_NAME.json after each suite; run again after a crash it
+    evaluates only the suites missing from that file."""
+    import json
+    import os
+    monkeypatch.syspath_prepend(os.path.join(os.path.dirname(__file__), "..", "experiments"))
+    import replicate
+    calls = []
+
+    def fake_evaluate_model(model, suites, **kw):
+        calls.append(suites)
+        if suites == ["shop"]:
+            raise KeyboardInterrupt                     # killed in the middle of the run
+        return {s: {"accuracy": 0.5} for s in suites}
+    monkeypatch.setattr(replicate, "evaluate_model", fake_evaluate_model)
+    with pytest.raises(KeyboardInterrupt):
+        replicate.run_eval("sft-s0", "run", str(tmp_path), None, {})
+    done = json.loads((tmp_path / "eval_sft-s0.json").read_text())
+    assert list(done) == replicate.SUITES[:replicate.SUITES.index("shop")]
+    calls.clear()
+    monkeypatch.setattr(replicate, "evaluate_model",
+                        lambda model, suites, **kw: calls.append(suites) or
+                        {s: {"accuracy": 0.25} for s in suites})
+    res = replicate.run_eval("sft-s0", "run", str(tmp_path), None, {})
+    assert calls == [[s] for s in replicate.SUITES if s not in done]
+    assert list(res) == replicate.SUITES and res["math"]["accuracy"] == 0.5
+
+
 def test_paired_bootstrap_ci_by_hand():
     from evaluate import paired_bootstrap_ci
     # differences (0, 0, 1): a resampled mean is 0, 1/3, 2/3 or 1 with probability
