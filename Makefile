@@ -11,13 +11,15 @@ PY := .venv/bin/python
 
 venv: .venv/ready
 
+# the quick demo: plain GRPO (one batch of questions a step), 100-problem evaluations
 train: .venv/ready
-	$(PY) train.py --preset cpu
+	$(PY) train.py --preset cpu --max-sample-batches 1
 
-# the RL phase with dynamic sampling and 300-problem evaluations (about 100 min on 2 AVX2 cores);
-# --resume: run it again after an interruption and it continues from its last checkpoint
+# the cpu preset as it is (dynamic sampling: up to 4 batches of questions a step) with
+# 300-problem evaluations: 107 min on 2 AVX2 cores. --resume: run it again after an
+# interruption and it continues from its last checkpoint
 train-long: .venv/ready
-	$(PY) train.py --preset cpu --max-sample-batches 4 --eval-n 300 --out runs/train-long --resume
+	$(PY) train.py --preset cpu --eval-n 300 --out runs/train-long --resume
 
 demo: .venv/ready
 	$(PY) rollout.py

@@ -36,15 +36,14 @@ from evaluate import evaluate_model, paired_bootstrap_ci, plot  # noqa: E402
 from train import PRESETS as TRAIN_PRESETS, Config, train, write_json  # noqa: E402
 
 # eval_limit: problems per suite, the first ones (BFCL: n/5 per category; None: all). The cpu
-# preset trains with train.py's defaults (those of `make train`) plus dynamic sampling
-# (max_sample_batches=4, as `make train-long`: without it GRPO lowered accuracy on AVX2,
+# preset trains with train.py's cpu preset (that of `make train-long`: dynamic sampling, up to
+# 4 batches of questions a step for both RL methods; without it GRPO lowered accuracy on AVX2,
 # results/rl-log.md section 6): the same warm start length and the same number of optimizer
-# steps for every method. Both RL methods draw up to 4 batches of questions a step.
+# steps for every method.
 SUITES = ["math", "retrieval", "bfcl", "shop", "dates", "lookup"]
 IN_DOMAIN = ("math",)          # trained on: scored on its test split; the others on everything
 PRESETS = {
     "cpu": dict(student="SmolLM2-135M", warm_steps=Config.warmup_sft_steps, rl_steps=Config.steps,
-                max_sample_batches=4,
                 eval_limit={"math": 200, "retrieval": None, "bfcl": 100, "shop": None,
                             "dates": None, "lookup": None}, out="runs/replicate-cpu"),
     "gpu": dict(student="Qwen2.5-0.5B", warm_steps=0, rl_steps=150, batch_size=16, group_size=8,
@@ -55,8 +54,7 @@ PRESETS = {
                   eval_limit={s: 2 for s in SUITES} | {"bfcl": 5}, out="runs/replicate-smoke",
                   max_new_tokens=16, max_total_tokens=32),
 }
-TRAIN_KEYS = ("batch_size", "group_size", "max_sample_batches", "max_new_tokens",
-              "max_total_tokens")
+TRAIN_KEYS = ("batch_size", "group_size", "max_new_tokens", "max_total_tokens")
 
 
 def run_train(cfg_kwargs):

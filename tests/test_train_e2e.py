@@ -146,6 +146,9 @@ def test_preset_is_explicit_and_flags_win(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert train.parse_args([]).preset == "gpu"
     assert train.parse_args(["--preset", "cpu"]).lr == train.Config.lr
+    # the cpu preset samples dynamically (make train-long); a Config built in code does not
+    assert cpu.max_sample_batches == 4 and train.Config.max_sample_batches == 1
+    assert train.parse_args(["--max-sample-batches", "1"]).max_sample_batches == 1
     with pytest.raises(SystemExit):
         train.parse_args(["--preset", "tpu"])
 
