@@ -201,7 +201,8 @@ def grpo_step(model, ref_model, opt, tok, suite, problems, cfg, draw=None):
     model.eval()
     policy = rollout_weights(unsharded(model), compute_dtype(model.device, cfg.precision))
     G, share = cfg.group_size, cfg.batch_size // world()
-    sampled, batches = [], 0                     # every rollout; batches drawn
+    # every rollout drawn, its (reward, parts), the (B, G) rewards of each batch; batches drawn
+    sampled, scores, sampled_rewards, batches = [], [], [], 0
     train_rollouts, train_rewards = [], []       # what the loss sees: groups (G rollouts, (G,))
     while True:
         batch = my_share(problems if batches == 0 else draw())
@@ -213,7 +214,9 @@ def grpo_step(model, ref_model, opt, tok, suite, problems, cfg, draw=None):
                                      temperature=cfg.temperature)
         scored = [compute_reward(cfg.reward, r, suite) for r in rollouts]
         rewards = torch.tensor([s for s, _ in scored]).view(len(batch), G)         # (B, G)
-        sampled += list(zip(rollouts, scored))
+        sampled += rollouts
+        scores += scored
+        sampled_rewards.append(rewards)
         if cfg.max_sample_batches == 1:          # plain GRPO: flat groups get advantage 0
             train_rollouts, train_rewards = rollouts, list(rewards)
             break
@@ -224,10 +227,9 @@ def grpo_step(model, ref_model, opt, tok, suite, problems, cfg, draw=None):
         if all_sum(len(train_rewards)) == cfg.batch_size or batches == cfg.max_sample_batches:
             break
     t_rollout = time.time() - t0
-    all_rewards = torch.tensor([s for _, (s, _) in sampled]).view(-1, G)             # (B', G)
     adv = group_advantages(torch.stack(train_rewards) if train_rewards else torch.zeros(0, G))
-    metrics = mean_metrics({**reward_metrics(all_rewards, [sc for _, sc in sampled]),
-                            **rollout_metrics([r for r, _ in sampled], suite),
+    metrics = mean_metrics({**reward_metrics(torch.cat(sampled_rewards), scores),   # (B', G)
+                            **rollout_metrics(sampled, suite),
                             "rollout_time": t_rollout, "sample_batches": batches})
     metrics["rollout_tok_s"] = metrics["response_tokens"] * len(sampled) / t_rollout
     seqs = [(r.prompt_ids, r.ids, r.mask) for r in train_rollouts]
