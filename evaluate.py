@@ -163,9 +163,10 @@ def evaluate_suite(model, tok, name, limit=None, batch_size=16, temperature=0.0,
 
 
 def evaluate_model(name_or_path, suites, limit=None, device=None, precision="auto",
-                   trained_on=None, **kw):
+                   trained_on=None, on_suite=None, **kw):
     """{suite: metrics}. `limit`: problems per suite, or a dict {suite: limit}. `trained_on`:
-    suites scored on their test split (default: the one a run folder trained on)."""
+    suites scored on their test split (default: the one a run folder trained on). `on_suite`:
+    called with the results so far after each suite (replicate.py saves them)."""
     trained_on = trained_suites(name_or_path) if trained_on is None else trained_on
     device = pick_device(device)                 # weights in the dtype train.py samples in
     tok, model = load_model(name_or_path, device=device, dtype=compute_dtype(device, precision))
@@ -175,6 +176,8 @@ def evaluate_model(name_or_path, suites, limit=None, device=None, precision="aut
         n = limit.get(s) if isinstance(limit, dict) else limit
         results[s], _ = evaluate_suite(model, tok, s, limit=n, trained_on=trained_on, **kw)
         results[s]["seconds"] = round(time.time() - t0, 1)
+        if on_suite:
+            on_suite(results)
     return results
 
 

@@ -66,17 +66,20 @@ def run_train(cfg_kwargs):
 
 def run_eval(name, model, root, limit, gen):
     """eval_{name}.json, written after each suite: an interrupted evaluation keeps the suites
-    it finished and does only the others when run again."""
+    it finished and does only the others when run again (the model loaded once)."""
     path = os.path.join(root, f"eval_{name}.json")
     res = {}
     if os.path.exists(path):
         with open(path) as f:
             res = json.load(f)
-    for suite in SUITES:
-        if suite not in res:
-            res.update(evaluate_model(model, [suite], limit=limit, trained_on=IN_DOMAIN, **gen))
-            write_json(path, res)
-    return res
+
+    def save(done):
+        res.update(done)
+        write_json(path, res)
+    todo = [s for s in SUITES if s not in res]
+    if todo:
+        evaluate_model(model, todo, limit=limit, trained_on=IN_DOMAIN, on_suite=save, **gen)
+    return {s: res[s] for s in SUITES}
 
 
 def mean_curve(paths, key, phase):

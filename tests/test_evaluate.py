@@ -158,8 +158,11 @@ def test_limit_per_suite(monkeypatch):
         seen[name] = limit
         return {}, []
     monkeypatch.setattr(evaluate, "evaluate_suite", fake_suite)
-    evaluate.evaluate_model("x", ["math", "bfcl"], limit={"math": 24, "bfcl": 4})
+    saved = []
+    evaluate.evaluate_model("x", ["math", "bfcl"], limit={"math": 24, "bfcl": 4},
+                            on_suite=lambda res: saved.append(list(res)))
     assert seen == {"math": 24, "bfcl": 4}
+    assert saved == [["math"], ["math", "bfcl"]]             # after each suite, the results so far
     seen.clear()
     evaluate.evaluate_model("x", ["math", "bfcl"], limit=7)
     assert seen == {"math": 7, "bfcl": 7}
@@ -173,24 +176,30 @@ def test_replicate_evaluation_resumes_suite_by_suite(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(os.path.join(os.path.dirname(__file__), "..", "experiments"))
     import replicate
     calls = []
+    run = {"accuracy": 0.5, "killed_at": "shop"}
 
-    def fake_evaluate_model(model, suites, **kw):
+    def fake_evaluate_model(model, suites, on_suite, **kw):
+        """evaluate_model's contract: on_suite(results so far) after each suite."""
         calls.append(suites)
-        if suites == ["shop"]:
-            raise KeyboardInterrupt                     # killed in the middle of the run
-        return {s: {"accuracy": 0.5} for s in suites}
+        results = {}
+        for s in suites:
+            if s == run["killed_at"]:
+                raise KeyboardInterrupt                 # killed in the middle of the run
+            results[s] = {"accuracy": run["accuracy"]}
+            on_suite(results)
+        return results
     monkeypatch.setattr(replicate, "evaluate_model", fake_evaluate_model)
     with pytest.raises(KeyboardInterrupt):
         replicate.run_eval("sft-s0", "run", str(tmp_path), None, {})
     done = json.loads((tmp_path / "eval_sft-s0.json").read_text())
     assert list(done) == replicate.SUITES[:replicate.SUITES.index("shop")]
     calls.clear()
-    monkeypatch.setattr(replicate, "evaluate_model",
-                        lambda model, suites, **kw: calls.append(suites) or
-                        {s: {"accuracy": 0.25} for s in suites})
+    run.update(accuracy=0.25, killed_at=None)
     res = replicate.run_eval("sft-s0", "run", str(tmp_path), None, {})
-    assert calls == [[s] for s in replicate.SUITES if s not in done]
+    assert calls == [[s for s in replicate.SUITES if s not in done]]   # one load, the rest
     assert list(res) == replicate.SUITES and res["math"]["accuracy"] == 0.5
+    assert res["shop"]["accuracy"] == 0.25
+    assert json.loads((tmp_path / "eval_sft-s0.json").read_text()) == res
 
 
 def test_paired_bootstrap_ci_by_hand():
