@@ -228,7 +228,7 @@ def grpo_step(model, ref_model, opt, tok, suite, problems, cfg, draw=None):
             break
     t_rollout = time.time() - t0
     adv = group_advantages(torch.stack(train_rewards) if train_rewards else torch.zeros(0, G))
-    metrics = mean_metrics({**reward_metrics(torch.cat(sampled_rewards), scores),   # (B', G)
+    metrics = mean_metrics({**step_reward_metrics(sampled_rewards, scores),
                             **rollout_metrics(sampled, suite),
                             "rollout_time": t_rollout, "sample_batches": batches})
     metrics["rollout_tok_s"] = metrics["response_tokens"] * len(sampled) / t_rollout
@@ -286,6 +286,14 @@ def reward_metrics(rewards, scored):
     return {"reward_mean": rewards.mean().item(), "reward_std": rewards.std(unbiased=False).item(),
             **{f"reward/{k}": v for k, v in parts.items()},
             "groups_with_signal": has_signal(rewards).float().mean().item()}
+
+
+def step_reward_metrics(sampled_rewards, scores):
+    """reward_metrics of a step's rollouts on every rank together (one process: its own).
+    sampled_rewards: this rank's list of (B, G) tensors; scores: its (reward, parts) pairs."""
+    everyone = gather((torch.cat(sampled_rewards), scores))
+    return reward_metrics(torch.cat([r for r, _ in everyone]),              # (B' * world, G)
+                          [s for _, sc in everyone for s in sc])
 
 
 @torch.no_grad()

@@ -18,6 +18,10 @@ GROUPS = [[(PROMPT + [9], [10, 11, 12, 13, 14, 15], [1, 1, 0, 1, 1, 1]),
           [(PROMPT + [20, 21], [22, 23], [1, 1]),
            (PROMPT + [20, 21], [24], [1])]]
 ADV = [[1.0, -1.0], [-1.0, 1.0]]
+# A step's sampled rewards (B=1, G=2) and (reward, parts) per rank; a part only rank 1 met.
+REWARDS = [[[1.0, 0.0]], [[0.25, 0.25]]]
+SCORES = [[(1.0, {"answer": 1.0}), (0.0, {"answer": 0.0})],
+          [(0.25, {"answer": 0.0, "tool": 0.25}), (0.25, {"answer": 0.0, "tool": 0.25})]]
 
 
 def tiny_qwen():
@@ -65,6 +69,7 @@ def _rank_main(rank, world, port, out, fsdp):
     distributed.setup()
     mine = distributed.my_share(list(range(len(GROUPS))))        # whole groups per rank
     m, model, opt = one_step([GROUPS[i] for i in mine], [ADV[i] for i in mine], fsdp)
+    m["rewards"] = train.step_reward_metrics([torch.tensor(REWARDS[rank])], SCORES[rank])
     w = weights(model)                                           # a collective under --fsdp
     train.save_checkpoint(out + ".ckpt", model, opt, 1, train.Config(), "grpo")
     if fsdp:   # resuming on 2 ranks: each cuts its shard of the whole optimizer state back out
@@ -100,7 +105,8 @@ def test_two_ranks_update_equals_one_process_on_the_same_groups(tmp_path, fsdp):
     whole (DDP-style) or with the decoder layers sharded (--fsdp); (b) with different token
     counts per rank the logged loss, KL and rows are the global token means and counts, as
     in one process; (c) the checkpoint the 2 ranks write loads into one process and holds
-    the one-process weights and optimizer state (and, under --fsdp, shards back out)."""
+    the one-process weights and optimizer state (and, under --fsdp, shards back out); (d) the
+    logged reward statistics pool every rank's rollouts."""
     torch.set_num_threads(1)
     m1, model1, opt1 = one_step(GROUPS, ADV)
     w1 = weights(model1)
@@ -113,6 +119,13 @@ def test_two_ranks_update_equals_one_process_on_the_same_groups(tmp_path, fsdp):
     for k in ("loss", "kl", "clip_frac"):
         assert got["metrics"][k] == pytest.approx(m1[k], abs=1e-6), k
     assert m1["kl"] > 0
+    # (d) the step's reward statistics are those of all ranks' rollouts together: std 0.375
+    # (the mean of the two ranks' stds, 0.5 and 0, would say 0.25)
+    import train
+    pooled = train.reward_metrics(torch.tensor(REWARDS[0] + REWARDS[1]), SCORES[0] + SCORES[1])
+    assert got["metrics"]["rewards"] == pytest.approx(pooled)
+    assert pooled["reward_std"] == pytest.approx(0.375) and pooled["reward/tool"] == 0.125
+    assert pooled["groups_with_signal"] == 0.5
 
     state = torch.load(out + ".ckpt", weights_only=False)
     model, opt = tiny_qwen(), None
