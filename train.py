@@ -514,8 +514,8 @@ def train(cfg):
                  f"{cfg.warmup_sft_steps} SFT + {cfg.steps} GRPO steps of {cfg.batch_size} x "
                  f"{cfg.group_size}, lr {cfg.lr:g}") + f", on {model.device}")
     if is_main():
-        with open(os.path.join(cfg.out, "run.json"), "w") as f:
-            json.dump({"student": cfg.student, **asdict(cfg), "world_size": world()}, f, indent=1)
+        write_json(os.path.join(cfg.out, "run.json"),
+                   {"student": cfg.student, **asdict(cfg), "world_size": world()})
 
     sft_steps = cfg.steps if cfg.method == "sft" else cfg.warmup_sft_steps
     rl_steps = cfg.steps if cfg.method == "grpo" else 0
@@ -581,8 +581,7 @@ def train(cfg):
         if rl_steps and "rl_start" in evals:
             print(f"RL phase ({rl_steps} GRPO steps, {cfg.reward} reward), {where}: "
                   f"{gain(evals['rl_start'], evals['end'])}")
-    with open(os.path.join(cfg.out, "result.json"), "w") as f:
-        json.dump(result, f, indent=1)
+    write_json(os.path.join(cfg.out, "result.json"), result)   # replicate.py: the run is done
     plot_training(os.path.join(cfg.out, "metrics.jsonl"), os.path.join(cfg.out, "curves.png"))
     teardown()
     return result
