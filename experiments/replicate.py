@@ -177,36 +177,41 @@ def main(argv=None):
     methods = ["base"] + (["warm"] if p["warm_steps"] else []) + ["sft"] + \
         [f"grpo-{r}" for r in rewards]
     results = {"base": run_eval("base", p["student"], root, p["eval_limit"], gen)}
-    for seed in args.seeds:   # a seed at a time: its evaluations land before the next seed
-        warm = None
-        runs = {}
-        if p["warm_steps"]:
-            warm = os.path.join(root, f"warm-s{seed}")
-            run_train(dict(common, method="sft", steps=p["warm_steps"], seed=seed, out=warm))
-        sft = os.path.join(root, f"sft-s{seed}")
-        # equal optimizer steps: SFT gets the warm start's steps plus as many as RL takes
-        run_train(dict(common, method="sft", steps=p["warm_steps"] + p["rl_steps"], seed=seed,
-                       out=sft))
-        runs[f"sft-s{seed}"] = sft
-        for r in rewards:
-            out = os.path.join(root, f"grpo-{r}-s{seed}")
-            run_train(dict(common, method="grpo", reward=r, init=warm, warmup_sft_steps=0,
-                           steps=p["rl_steps"], seed=seed, out=out))
-            runs[f"grpo-{r}-s{seed}"] = out
-        if warm:
-            runs[f"warm-s{seed}"] = warm           # where every RL run starts
-        for name, out in runs.items():
-            results[name] = run_eval(name, out, root, p["eval_limit"], gen)
+    def report():
+        """table.md and the plots from every evaluation so far (rewritten after each one)."""
         table, summary = tables(results, methods, args.seeds)
         plot(summary, SUITES, root)
         curves(methods[1:], root, args.seeds)
         with open(os.path.join(root, "table.md"), "w") as f:
-            f.write(table + f"\n\npreset {args.preset}, seeds {args.seeds}; per seed: warm start "
-                    f"{p['warm_steps']} SFT steps; sft {p['warm_steps'] + p['rl_steps']} SFT steps; "
-                    f"grpo-* warm start + {p['rl_steps']} GRPO steps (equal optimizer steps), "
-                    f"drawing up to {cfg.max_sample_batches} batches of questions a step; "
-                    f"wall time of this invocation {time.time() - t0:.0f} s\n")
-        print(table)
+            f.write(table + (
+                f"\n\npreset {args.preset}, seeds {args.seeds}; per seed: warm start "
+                f"{p['warm_steps']} SFT steps; sft {p['warm_steps'] + p['rl_steps']} SFT steps; "
+                f"grpo-* warm start + {p['rl_steps']} GRPO steps (equal optimizer steps), "
+                f"drawing up to {cfg.max_sample_batches} batches of questions a step; "
+                f"wall time of this invocation {time.time() - t0:.0f} s\n"))
+        print(table, flush=True)
+
+    # A seed at a time, and each run evaluated as soon as it is trained, so that an interrupted
+    # invocation leaves finished evaluations behind (the warm start, shared by the RL runs, last)
+    for seed in args.seeds:
+        warm = None
+        if p["warm_steps"]:
+            warm = os.path.join(root, f"warm-s{seed}")
+            run_train(dict(common, method="sft", steps=p["warm_steps"], seed=seed, out=warm))
+        # equal optimizer steps: SFT gets the warm start's steps plus as many as RL takes
+        todo = [(f"sft-s{seed}", dict(common, method="sft", steps=p["warm_steps"] + p["rl_steps"],
+                                      seed=seed))]
+        todo += [(f"grpo-{r}-s{seed}", dict(common, method="grpo", reward=r, init=warm,
+                                            warmup_sft_steps=0, steps=p["rl_steps"], seed=seed))
+                 for r in rewards]
+        for name, kwargs in todo:
+            out = os.path.join(root, name)
+            run_train(dict(kwargs, out=out))
+            results[name] = run_eval(name, out, root, p["eval_limit"], gen)
+            report()
+        if warm:                                   # where every RL run starts
+            results[f"warm-s{seed}"] = run_eval(f"warm-s{seed}", warm, root, p["eval_limit"], gen)
+            report()
     print(f"wrote {root}/table.md, accuracy.png, jsd_vs_accuracy.png, training_curves.png")
 
 

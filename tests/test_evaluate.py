@@ -202,6 +202,35 @@ def test_replicate_evaluation_resumes_suite_by_suite(tmp_path, monkeypatch):
     assert json.loads((tmp_path / "eval_sft-s0.json").read_text()) == res
 
 
+def test_replicate_evaluates_each_run_before_training_the_next(tmp_path, monkeypatch):
+    """A seed's runs are each evaluated, and table.md rewritten, right after training, so an
+    invocation cut off mid-seed leaves its finished comparisons behind; the warm start (every
+    RL run's init) is evaluated after them."""
+    import os
+    monkeypatch.syspath_prepend(os.path.join(os.path.dirname(__file__), "..", "experiments"))
+    import replicate
+    events = []
+
+    def fake_train(kwargs):
+        events.append(("train", os.path.basename(kwargs["out"]),
+                       (tmp_path / "table.md").exists()))
+
+    def fake_eval(name, out, root, limit, gen):
+        events.append(("eval", name))
+        return {s: {"n": 2, "accuracy": 0.5, "tool_jsd": 0.0, "correct": [True, False]}
+                for s in replicate.SUITES}
+    monkeypatch.setattr(replicate, "run_train", fake_train)
+    monkeypatch.setattr(replicate, "run_eval", fake_eval)
+    monkeypatch.setattr(replicate, "curves", lambda *a: None)
+    monkeypatch.setitem(replicate.PRESETS, "cpu", dict(replicate.PRESETS["cpu"], out=str(tmp_path)))
+    replicate.main(["--preset", "cpu", "--seeds", "0"])
+    assert events == [("eval", "base"), ("train", "warm-s0", False), ("train", "sft-s0", False),
+                      ("eval", "sft-s0"), ("train", "grpo-sparse-s0", True),
+                      ("eval", "grpo-sparse-s0"), ("train", "grpo-mentor-s0", True),
+                      ("eval", "grpo-mentor-s0"), ("eval", "warm-s0")]
+    assert "| warm | 1 |" in (tmp_path / "table.md").read_text()
+
+
 def test_paired_bootstrap_ci_by_hand():
     from evaluate import paired_bootstrap_ci
     # differences (0, 0, 1): a resampled mean is 0, 1/3, 2/3 or 1 with probability
