@@ -18,12 +18,17 @@ mean +- std over seeds and paired bootstrap 95% CIs of MENTOR - SFT and
 MENTOR - sparse per suite; accuracy.png (error bars: std over seeds),
 jsd_vs_accuracy.png and training_curves.png go beside it.
 
-It resumes: a finished run (result.json) or evaluation (eval_*.json) is
-skipped, an unfinished run continues from its checkpoint.
+Runs (checkpoints, hundreds of MB) go under runs/replicate-PRESET/; what is worth keeping
+(eval_*.json, metrics_*.jsonl, table.md, the plots) under results/replicate-PRESET/, small
+enough to commit. It resumes from both: a run whose evaluation is complete in results/ is not
+trained again (so a fresh clone continues where the committed results stop), a finished run
+(result.json) is not trained again, an unfinished one continues from its checkpoint, and an
+evaluation redoes only the suites it had not saved.
 """
 import argparse
 import json
 import os
+import shutil
 import sys
 import time
 
@@ -45,14 +50,16 @@ IN_DOMAIN = ("math",)          # trained on: scored on its test split; the other
 PRESETS = {
     "cpu": dict(student="SmolLM2-135M", warm_steps=Config.warmup_sft_steps, rl_steps=Config.steps,
                 eval_limit={"math": 200, "retrieval": None, "bfcl": 100, "shop": None,
-                            "dates": None, "lookup": None}, out="runs/replicate-cpu"),
+                            "dates": None, "lookup": None}, out="runs/replicate-cpu",
+                report="results/replicate-cpu"),
     "gpu": dict(student="Qwen2.5-0.5B", warm_steps=0, rl_steps=150, batch_size=16, group_size=8,
                 eval_limit={"math": 300, "retrieval": None, "bfcl": 200, "shop": None,
-                            "dates": None, "lookup": None}, out="runs/replicate-gpu"),
+                            "dates": None, "lookup": None}, out="runs/replicate-gpu",
+                report="results/replicate-gpu"),
     # a few minutes end to end: checks the pipeline, says nothing about the method
     "smoke": dict(student="SmolLM2-135M", warm_steps=1, rl_steps=1, batch_size=1, group_size=2,
                   eval_limit={s: 2 for s in SUITES} | {"bfcl": 5}, out="runs/replicate-smoke",
-                  max_new_tokens=16, max_total_tokens=32),
+                  report="runs/replicate-smoke", max_new_tokens=16, max_total_tokens=32),
 }
 TRAIN_KEYS = ("batch_size", "group_size", "max_new_tokens", "max_total_tokens")
 
@@ -62,6 +69,22 @@ def run_train(cfg_kwargs):
     if os.path.exists(os.path.join(out, "result.json")):
         return
     train(Config(**cfg_kwargs, resume=os.path.exists(os.path.join(out, "checkpoint.pt"))))
+
+
+def evaluated(root, name):
+    """Is eval_{name}.json complete (every suite)?"""
+    path = os.path.join(root, f"eval_{name}.json")
+    if not os.path.exists(path):
+        return False
+    with open(path) as f:
+        return set(SUITES) <= set(json.load(f))
+
+
+def keep_metrics(out, root, name):
+    """Copy a run's per-step metrics beside its evaluation (metrics_{name}.jsonl)."""
+    src = os.path.join(out, "metrics.jsonl")
+    if os.path.exists(src):
+        shutil.copyfile(src, os.path.join(root, f"metrics_{name}.jsonl"))
 
 
 def run_eval(name, model, root, limit, gen):
@@ -99,7 +122,7 @@ def curves(methods, root, seeds):
     with signal (GRPO) and of the SFT loss."""
     fig, axes = plt.subplots(1, 4, figsize=(16, 3.4))
     for m in methods:
-        paths = [os.path.join(root, f"{m}-s{s}", "metrics.jsonl") for s in seeds]
+        paths = [os.path.join(root, f"metrics_{m}-s{s}.jsonl") for s in seeds]
         phase = "sft" if m in ("sft", "warm") else "grpo"
         keys = ["sft_loss"] if phase == "sft" else ["reward_mean", "accuracy", "groups_with_signal"]
         for key in keys:
@@ -161,7 +184,7 @@ def main(argv=None):
     ap.add_argument("--ablations", action="store_true")
     args = ap.parse_args(argv)
     p = dict(PRESETS[args.preset])
-    root = p.pop("out")
+    runs_dir, root = p.pop("out"), p.pop("report")      # checkpoints; what gets committed
     os.makedirs(root, exist_ok=True)
     t0 = time.time()
     # eval_n=0: train.py skips its own before/after check; every model is evaluated below
@@ -177,6 +200,7 @@ def main(argv=None):
     methods = ["base"] + (["warm"] if p["warm_steps"] else []) + ["sft"] + \
         [f"grpo-{r}" for r in rewards]
     results = {"base": run_eval("base", p["student"], root, p["eval_limit"], gen)}
+
     def report():
         """table.md and the plots from every evaluation so far (rewritten after each one)."""
         table, summary = tables(results, methods, args.seeds)
@@ -194,19 +218,21 @@ def main(argv=None):
     # A seed at a time, and each run evaluated as soon as it is trained, so that an interrupted
     # invocation leaves finished evaluations behind (the warm start, shared by the RL runs, last)
     for seed in args.seeds:
-        warm = None
-        if p["warm_steps"]:
-            warm = os.path.join(root, f"warm-s{seed}")
-            run_train(dict(common, method="sft", steps=p["warm_steps"], seed=seed, out=warm))
+        warm = os.path.join(runs_dir, f"warm-s{seed}") if p["warm_steps"] else None
         # equal optimizer steps: SFT gets the warm start's steps plus as many as RL takes
         todo = [(f"sft-s{seed}", dict(common, method="sft", steps=p["warm_steps"] + p["rl_steps"],
                                       seed=seed))]
         todo += [(f"grpo-{r}-s{seed}", dict(common, method="grpo", reward=r, init=warm,
                                             warmup_sft_steps=0, steps=p["rl_steps"], seed=seed))
                  for r in rewards]
+        if warm and not all(evaluated(root, n) for n in [f"warm-s{seed}"] + [n for n, _ in todo]):
+            run_train(dict(common, method="sft", steps=p["warm_steps"], seed=seed, out=warm))
+            keep_metrics(warm, root, f"warm-s{seed}")
         for name, kwargs in todo:
-            out = os.path.join(root, name)
-            run_train(dict(kwargs, out=out))
+            out = os.path.join(runs_dir, name)
+            if not evaluated(root, name):
+                run_train(dict(kwargs, out=out))
+                keep_metrics(out, root, name)
             results[name] = run_eval(name, out, root, p["eval_limit"], gen)
             report()
         if warm:                                   # where every RL run starts

@@ -205,30 +205,41 @@ def test_replicate_evaluation_resumes_suite_by_suite(tmp_path, monkeypatch):
 def test_replicate_evaluates_each_run_before_training_the_next(tmp_path, monkeypatch):
     """A seed's runs are each evaluated, and table.md rewritten, right after training, so an
     invocation cut off mid-seed leaves its finished comparisons behind; the warm start (every
-    RL run's init) is evaluated after them."""
+    RL run's init) is evaluated after them. Run again from a clone that has only the report
+    folder, it trains only what has no complete evaluation (and the warm start they need)."""
     import os
     monkeypatch.syspath_prepend(os.path.join(os.path.dirname(__file__), "..", "experiments"))
     import replicate
-    events = []
+    report, events = tmp_path / "results", []
 
     def fake_train(kwargs):
-        events.append(("train", os.path.basename(kwargs["out"]),
-                       (tmp_path / "table.md").exists()))
+        events.append(("train", os.path.basename(kwargs["out"]), (report / "table.md").exists()))
+        os.makedirs(kwargs["out"], exist_ok=True)
+        (tmp_path / "runs" / os.path.basename(kwargs["out"]) / "metrics.jsonl").write_text("{}\n")
 
     def fake_eval(name, out, root, limit, gen):
         events.append(("eval", name))
-        return {s: {"n": 2, "accuracy": 0.5, "tool_jsd": 0.0, "correct": [True, False]}
-                for s in replicate.SUITES}
+        res = {s: {"n": 2, "accuracy": 0.5, "tool_jsd": 0.0, "correct": [True, False]}
+               for s in replicate.SUITES}
+        if name not in ("grpo-mentor-s0", "warm-s0"):        # these two "cut off"
+            replicate.write_json(os.path.join(root, f"eval_{name}.json"), res)
+        return res
     monkeypatch.setattr(replicate, "run_train", fake_train)
     monkeypatch.setattr(replicate, "run_eval", fake_eval)
     monkeypatch.setattr(replicate, "curves", lambda *a: None)
-    monkeypatch.setitem(replicate.PRESETS, "cpu", dict(replicate.PRESETS["cpu"], out=str(tmp_path)))
+    monkeypatch.setitem(replicate.PRESETS, "cpu", dict(replicate.PRESETS["cpu"],
+                        out=str(tmp_path / "runs"), report=str(report)))
     replicate.main(["--preset", "cpu", "--seeds", "0"])
     assert events == [("eval", "base"), ("train", "warm-s0", False), ("train", "sft-s0", False),
                       ("eval", "sft-s0"), ("train", "grpo-sparse-s0", True),
                       ("eval", "grpo-sparse-s0"), ("train", "grpo-mentor-s0", True),
                       ("eval", "grpo-mentor-s0"), ("eval", "warm-s0")]
-    assert "| warm | 1 |" in (tmp_path / "table.md").read_text()
+    assert "| warm | 1 |" in (report / "table.md").read_text()
+    assert (report / "metrics_grpo-sparse-s0.jsonl").exists()
+    events.clear()
+    replicate.main(["--preset", "cpu", "--seeds", "0"])
+    assert [e[:2] for e in events if e[0] == "train"] == [("train", "warm-s0"),
+                                                          ("train", "grpo-mentor-s0")]
 
 
 def test_paired_bootstrap_ci_by_hand():
