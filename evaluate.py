@@ -35,7 +35,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from tqdm import tqdm
 
-from model import PRECISIONS, ModelNotAvailable, compute_dtype, load_model, pick_device
+from model import PRECISIONS, ModelNotAvailable, compute_dtype, load_model, machine, pick_device
 from rollout import generate_rollouts
 from teacher import apply_teacher_tools
 from tasks import load_suite
@@ -175,7 +175,7 @@ def evaluate_model(name_or_path, suites, limit=None, device=None, precision="aut
         t0 = time.time()
         n = limit.get(s) if isinstance(limit, dict) else limit
         results[s], _ = evaluate_suite(model, tok, s, limit=n, trained_on=trained_on, **kw)
-        results[s]["seconds"] = round(time.time() - t0, 1)
+        results[s].update(seconds=round(time.time() - t0, 1), machine=machine(device, precision))
         if on_suite:
             on_suite(results)
     return results

@@ -78,6 +78,15 @@ def compute_dtype(device, precision="auto"):
     return torch.bfloat16 if fast else torch.float32
 
 
+def machine(device=None, precision="auto"):
+    """Where a figure was measured: '2 CPU cores (AVX2), matmuls in fp32' (results differ in
+    the last bits between the two kinds of CPU, whose 'auto' precision differs)."""
+    device = pick_device(device)
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else \
+        f"{os.cpu_count()} CPU cores ({torch.backends.cpu.get_cpu_capability()})"
+    return f"{where}, matmuls in {str(compute_dtype(device, precision)).replace('torch.', '')}"
+
+
 def autocast(model, dtype):
     """Mixed precision for forwards that train: weights stay in their dtype (fp32 on a
     CPU, what AdamW updates), matmuls run in `dtype`; log-probs are taken in fp32.

@@ -52,7 +52,7 @@ from distributed import (all_sum, barrier, clip_grad_norm, full_state, gather, i
 from engine import backward, logprobs, make_batch
 from evaluate import is_correct, paired_bootstrap_ci, plot_training, rollout_metrics
 from model import (CHECKPOINT_FILE, DEFAULT_STUDENT, PRECISIONS, ModelNotAvailable,
-                   compute_dtype, load_model, rollout_weights)
+                   compute_dtype, load_model, machine, rollout_weights)
 from reward import VARIANTS, compute_reward
 from rollout import encode_prompt, generate_rollouts, trajectory_ids
 from tasks import SuiteError, load_suite
@@ -515,7 +515,8 @@ def train(cfg):
                  f"{cfg.group_size}, lr {cfg.lr:g}") + f", on {model.device}")
     if is_main():
         write_json(os.path.join(cfg.out, "run.json"),
-                   {"student": cfg.student, **asdict(cfg), "world_size": world()})
+                   {"student": cfg.student, **asdict(cfg), "world_size": world(),
+                    "machine": machine(model.device, cfg.precision)})
 
     sft_steps = cfg.steps if cfg.method == "sft" else cfg.warmup_sft_steps
     rl_steps = cfg.steps if cfg.method == "grpo" else 0

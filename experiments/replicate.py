@@ -19,7 +19,7 @@ MENTOR - sparse per suite; accuracy.png (error bars: std over seeds),
 jsd_vs_accuracy.png and training_curves.png go beside it.
 
 Runs (checkpoints, hundreds of MB) go under runs/replicate-PRESET/; what is worth keeping
-(eval_*.json, metrics_*.jsonl, table.md, the plots) under results/replicate-PRESET/, small
+(eval_*.json, metrics_*.jsonl, run_*.json, table.md, the plots) under results/replicate-PRESET/, small
 enough to commit. It resumes from both: a run whose evaluation is complete in results/ is not
 trained again (so a fresh clone continues where the committed results stop), a finished run
 (result.json) is not trained again, an unfinished one continues from its checkpoint, and an
@@ -81,10 +81,11 @@ def evaluated(root, name):
 
 
 def keep_metrics(out, root, name):
-    """Copy a run's per-step metrics beside its evaluation (metrics_{name}.jsonl)."""
-    src = os.path.join(out, "metrics.jsonl")
-    if os.path.exists(src):
-        shutil.copyfile(src, os.path.join(root, f"metrics_{name}.jsonl"))
+    """Copy a run's per-step metrics and its settings (with the machine) beside its evaluation:
+    metrics_{name}.jsonl, run_{name}.json."""
+    for src, dst in (("metrics.jsonl", f"metrics_{name}.jsonl"), ("run.json", f"run_{name}.json")):
+        if os.path.exists(os.path.join(out, src)):
+            shutil.copyfile(os.path.join(out, src), os.path.join(root, dst))
 
 
 def run_eval(name, model, root, limit, gen):

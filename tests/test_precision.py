@@ -2,7 +2,7 @@
 import torch
 
 from engine import sequence_logprobs
-from model import autocast, compute_dtype, rollout_weights
+from model import autocast, compute_dtype, machine, rollout_weights
 
 
 def test_compute_dtype_follows_the_flag_and_the_cpu(monkeypatch):
@@ -11,6 +11,9 @@ def test_compute_dtype_follows_the_flag_and_the_cpu(monkeypatch):
     assert compute_dtype(cpu, "bf16") == torch.bfloat16
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
     assert compute_dtype(cpu) == torch.float32          # bf16 is emulated, slow, without AVX-512
+    # what run.json and every evaluation record: the kind of CPU and the dtype it implies
+    assert machine("cpu").endswith("CPU cores (AVX2), matmuls in float32")
+    assert machine("cpu", "bf16").endswith("(AVX2), matmuls in bfloat16")
 
 
 def test_rollout_weights_are_a_rounded_copy_and_leave_the_policy_alone(tiny_model):
