@@ -26,6 +26,7 @@ trained again (so a fresh clone continues where the committed results stop), a f
 evaluation redoes only the suites it had not saved.
 """
 import argparse
+import hashlib
 import json
 import os
 import shutil
@@ -71,6 +72,18 @@ def run_train(cfg_kwargs):
     train(Config(**cfg_kwargs, resume=os.path.exists(os.path.join(out, "checkpoint.pt"))))
 
 
+def set_aside_stale_eval(root, name, out):
+    """A partial eval_{name}.json whose run has no finished checkpoint (a fresh clone: runs/
+    is gone) scored a model that no longer exists; the run about to be trained is another one
+    (on another kind of CPU even bit-for-bit another), so its suites must not be mixed with
+    the old ones. The old file is kept as eval_{name}.stale.json and the evaluation starts over."""
+    path = os.path.join(root, f"eval_{name}.json")
+    if os.path.exists(path) and not os.path.exists(os.path.join(out, "result.json")):
+        os.replace(path, os.path.join(root, f"eval_{name}.stale.json"))
+        print(f"{name}: its checkpoint is gone; the partial evaluation of the old one is kept "
+              f"as eval_{name}.stale.json and {name} is trained and evaluated anew", flush=True)
+
+
 def evaluated(root, name):
     """Is eval_{name}.json complete (every suite)?"""
     path = os.path.join(root, f"eval_{name}.json")
@@ -80,12 +93,55 @@ def evaluated(root, name):
         return set(SUITES) <= set(json.load(f))
 
 
-def keep_metrics(out, root, name):
+def file_sha(path):
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()[:16]
+
+
+def keep_metrics(out, root, name, init=None):
     """Copy a run's per-step metrics and its settings (with the machine) beside its evaluation:
-    metrics_{name}.jsonl, run_{name}.json."""
+    metrics_{name}.jsonl, run_{name}.json. An RL run's run_{name}.json also gets `init_sha`,
+    the hash of its warm start's metrics.jsonl (every SFT loss to 17 digits): two runs with the
+    same init_sha started from the same warm start, which is what pairs them by seed."""
     for src, dst in (("metrics.jsonl", f"metrics_{name}.jsonl"), ("run.json", f"run_{name}.json")):
         if os.path.exists(os.path.join(out, src)):
             shutil.copyfile(os.path.join(out, src), os.path.join(root, dst))
+    run_json = os.path.join(root, f"run_{name}.json")
+    if os.path.exists(run_json):
+        with open(run_json) as f:
+            run = json.load(f)
+        if init:
+            run["init_sha"] = file_sha(os.path.join(init, "metrics.jsonl"))
+        write_json(run_json, run)
+
+
+def provenance(root, seeds):
+    """One line a seed: where each of its runs was trained and which warm start each RL run
+    started from (a replication spread over sessions lands on both kinds of CPU, and a fresh
+    clone retrains a warm start it needs: its RL runs then pair with each other, not with the
+    RL runs of the earlier one)."""
+    lines = []
+    for seed in seeds:
+        runs = {}
+        for f in sorted(os.listdir(root)):
+            if f.startswith("run_") and f.endswith(f"-s{seed}.json"):
+                with open(os.path.join(root, f)) as fh:
+                    runs[f[len("run_"):-len(".json")]] = json.load(fh)
+        if not runs:
+            continue
+        warm_metrics = os.path.join(root, f"metrics_warm-s{seed}.jsonl")
+        warm = file_sha(warm_metrics) if os.path.exists(warm_metrics) else None
+        parts = []
+        for name, run in runs.items():
+            part = f"{name}: {run.get('machine', 'machine not recorded')}"
+            if name.startswith("grpo-"):
+                init = run.get("init_sha")
+                part += (" (warm start not recorded)" if init is None else
+                         f" (from warm-s{seed} as in metrics_warm-s{seed}.jsonl)" if init == warm
+                         else f" (from another warm start, {init})")
+            parts.append(part)
+        lines.append(f"- seed {seed}: " + "; ".join(parts))
+    return lines
 
 
 def run_eval(name, model, root, limit, gen):
@@ -213,7 +269,8 @@ def main(argv=None):
                 f"{p['warm_steps']} SFT steps; sft {p['warm_steps'] + p['rl_steps']} SFT steps; "
                 f"grpo-* warm start + {p['rl_steps']} GRPO steps (equal optimizer steps), "
                 f"drawing up to {cfg.max_sample_batches} batches of questions a step; "
-                f"wall time of this invocation {time.time() - t0:.0f} s\n"))
+                f"wall time of this invocation {time.time() - t0:.0f} s\n\n"
+                "Where each run was trained:\n\n" + "\n".join(provenance(root, args.seeds)) + "\n"))
         print(table, flush=True)
 
     # A seed at a time, and each run evaluated as soon as it is trained, so that an interrupted
@@ -227,13 +284,15 @@ def main(argv=None):
                                             warmup_sft_steps=0, steps=p["rl_steps"], seed=seed))
                  for r in rewards]
         if warm and not all(evaluated(root, n) for n in [f"warm-s{seed}"] + [n for n, _ in todo]):
+            set_aside_stale_eval(root, f"warm-s{seed}", warm)
             run_train(dict(common, method="sft", steps=p["warm_steps"], seed=seed, out=warm))
             keep_metrics(warm, root, f"warm-s{seed}")
         for name, kwargs in todo:
             out = os.path.join(runs_dir, name)
             if not evaluated(root, name):
+                set_aside_stale_eval(root, name, out)
                 run_train(dict(kwargs, out=out))
-                keep_metrics(out, root, name)
+                keep_metrics(out, root, name, kwargs.get("init"))
             results[name] = run_eval(name, out, root, p["eval_limit"], gen)
             report()
         if warm:                                   # where every RL run starts

@@ -242,6 +242,55 @@ def test_replicate_evaluates_each_run_before_training_the_next(tmp_path, monkeyp
                                                           ("train", "grpo-mentor-s0")]
 
 
+def test_replicate_sets_aside_a_partial_evaluation_of_a_lost_checkpoint(tmp_path, monkeypatch):
+    """A fresh clone has eval_grpo-sparse-s1.json with 4 of 6 suites but no runs/: the run is
+    trained anew, so its old suites (another model) are kept aside, not mixed with the new
+    ones; the RL runs record the warm start they started from, and table.md says where each
+    run was trained."""
+    import json
+    import os
+    monkeypatch.syspath_prepend(os.path.join(os.path.dirname(__file__), "..", "experiments"))
+    import replicate
+    report, runs = tmp_path / "results", tmp_path / "runs"
+    report.mkdir()
+    old = {s: {"n": 2, "accuracy": 1.0, "tool_jsd": 0.0, "correct": [1, 1]}
+           for s in replicate.SUITES[:4]}
+    replicate.write_json(str(report / "eval_grpo-sparse-s0.json"), old)
+    evaluated_suites = {}
+
+    def fake_train(cfg):                          # a finished run: metrics, settings, result
+        os.makedirs(cfg.out, exist_ok=True)
+        for f, text in (("metrics.jsonl", f'{{"sft_loss": {len(cfg.out)}}}\n'),
+                        ("run.json", json.dumps({"machine": "test CPU"})), ("result.json", "{}")):
+            with open(os.path.join(cfg.out, f), "w") as fh:
+                fh.write(text)
+
+    def fake_evaluate_model(model, suites, on_suite, **kw):
+        evaluated_suites[os.path.basename(model)] = suites
+        res = {s: {"n": 2, "accuracy": 0.5, "tool_jsd": 0.0, "correct": [1, 0]} for s in suites}
+        on_suite(res)
+        return res
+    monkeypatch.setattr(replicate, "train", fake_train)
+    monkeypatch.setattr(replicate, "evaluate_model", fake_evaluate_model)
+    monkeypatch.setattr(replicate, "curves", lambda *a: None)
+    monkeypatch.setattr(replicate, "plot", lambda *a: None)
+    monkeypatch.setitem(replicate.PRESETS, "cpu", dict(replicate.PRESETS["cpu"],
+                        out=str(runs), report=str(report)))
+    replicate.main(["--preset", "cpu", "--seeds", "0"])
+    assert evaluated_suites["grpo-sparse-s0"] == replicate.SUITES       # all of it, anew
+    assert json.loads((report / "eval_grpo-sparse-s0.stale.json").read_text()) == old
+    new = json.loads((report / "eval_grpo-sparse-s0.json").read_text())
+    assert all(new[s]["accuracy"] == 0.5 for s in replicate.SUITES)
+    warm_sha = replicate.file_sha(str(report / "metrics_warm-s0.jsonl"))
+    for name in ("grpo-sparse-s0", "grpo-mentor-s0"):
+        assert json.loads((report / f"run_{name}.json").read_text())["init_sha"] == warm_sha
+    table = (report / "table.md").read_text()
+    assert "- seed 0: grpo-mentor-s0: test CPU (from warm-s0 as in metrics_warm-s0.jsonl)" in table
+    # another warm start (retrained elsewhere) is named as such
+    (report / "metrics_warm-s0.jsonl").write_text('{"sft_loss": 1.5}\n')
+    assert "(from another warm start, " in "\n".join(replicate.provenance(str(report), [0]))
+
+
 def test_paired_bootstrap_ci_by_hand():
     from evaluate import paired_bootstrap_ci
     # differences (0, 0, 1): a resampled mean is 0, 1/3, 2/3 or 1 with probability
