@@ -280,9 +280,11 @@ def main(argv=None):
         # equal optimizer steps: SFT gets the warm start's steps plus as many as RL takes
         todo = [(f"sft-s{seed}", dict(common, method="sft", steps=p["warm_steps"] + p["rl_steps"],
                                       seed=seed))]
+        # MENTOR first of the RL runs: both comparisons need it, so a session cut off after two
+        # runs of a seed (a seed is hours on 2 cores) leaves one comparison complete
         todo += [(f"grpo-{r}-s{seed}", dict(common, method="grpo", reward=r, init=warm,
                                             warmup_sft_steps=0, steps=p["rl_steps"], seed=seed))
-                 for r in rewards]
+                 for r in sorted(rewards, key=lambda r: r != "mentor")]
         if warm and not all(evaluated(root, n) for n in [f"warm-s{seed}"] + [n for n, _ in todo]):
             set_aside_stale_eval(root, f"warm-s{seed}", warm)
             run_train(dict(common, method="sft", steps=p["warm_steps"], seed=seed, out=warm))
