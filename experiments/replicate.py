@@ -3,6 +3,7 @@
     python experiments/replicate.py --preset cpu            # embedded student, 2 CPU cores
     python experiments/replicate.py --preset gpu            # Qwen2.5-0.5B on one GPU
     python experiments/replicate.py --preset cpu --seeds 0 1 2 --ablations
+    python experiments/replicate.py --preset cpu --report   # table.md and plots only
 
 From one student and one set of teacher trajectories it trains, per seed:
     sft            SFT on the teacher's trajectories (warm_steps + rl_steps SFT steps)
@@ -239,6 +240,8 @@ def main(argv=None):
     ap.add_argument("--preset", choices=PRESETS, default="cpu")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--ablations", action="store_true")
+    ap.add_argument("--report", action="store_true",
+                    help="rewrite table.md and the plots from the evaluations in results/; train nothing")
     args = ap.parse_args(argv)
     p = dict(PRESETS[args.preset])
     runs_dir, root = p.pop("out"), p.pop("report")      # checkpoints; what gets committed
@@ -257,6 +260,10 @@ def main(argv=None):
     methods = ["base"] + (["warm"] if p["warm_steps"] else []) + ["sft"] + \
         [f"grpo-{r}" for r in rewards]
     results = {"base": run_eval("base", p["student"], root, p["eval_limit"], gen)}
+    # what earlier invocations (other sessions) finished: the table is whole from the first
+    # report on, whichever seed this invocation starts with
+    results.update({f"{m}-s{s}": run_eval(f"{m}-s{s}", None, root, None, gen)
+                    for s in args.seeds for m in methods[1:] if evaluated(root, f"{m}-s{s}")})
 
     def report():
         """table.md and the plots from every evaluation so far (rewritten after each one)."""
@@ -265,7 +272,7 @@ def main(argv=None):
         curves(methods[1:], root, args.seeds)
         with open(os.path.join(root, "table.md"), "w") as f:
             f.write(table + (
-                f"\n\npreset {args.preset}, seeds {args.seeds}; per seed: warm start "
+                f"\n\npreset {args.preset}, seeds {sorted(args.seeds)}; per seed: warm start "
                 f"{p['warm_steps']} SFT steps; sft {p['warm_steps'] + p['rl_steps']} SFT steps; "
                 f"grpo-* warm start + {p['rl_steps']} GRPO steps (equal optimizer steps), "
                 f"drawing up to {cfg.max_sample_batches} batches of questions a step; "
@@ -273,6 +280,9 @@ def main(argv=None):
                 "Where each run was trained:\n\n" + "\n".join(provenance(root, args.seeds)) + "\n"))
         print(table, flush=True)
 
+    if args.report:
+        report()
+        return
     # A seed at a time, and each run evaluated as soon as it is trained, so that an interrupted
     # invocation leaves finished evaluations behind (the warm start, shared by the RL runs, last)
     for seed in args.seeds:
@@ -287,6 +297,8 @@ def main(argv=None):
                  for r in sorted(rewards, key=lambda r: r != "mentor")]
         if warm and not all(evaluated(root, n) for n in [f"warm-s{seed}"] + [n for n, _ in todo]):
             set_aside_stale_eval(root, f"warm-s{seed}", warm)
+            if not evaluated(root, f"warm-s{seed}"):
+                results.pop(f"warm-s{seed}", None)
             run_train(dict(common, method="sft", steps=p["warm_steps"], seed=seed, out=warm))
             keep_metrics(warm, root, f"warm-s{seed}")
         for name, kwargs in todo:

@@ -231,15 +231,54 @@ def test_replicate_evaluates_each_run_before_training_the_next(tmp_path, monkeyp
                         out=str(tmp_path / "runs"), report=str(report)))
     replicate.main(["--preset", "cpu", "--seeds", "0"])
     assert events == [("eval", "base"), ("train", "warm-s0", False), ("train", "sft-s0", False),
-                      ("eval", "sft-s0"), ("train", "grpo-sparse-s0", True),
-                      ("eval", "grpo-sparse-s0"), ("train", "grpo-mentor-s0", True),
-                      ("eval", "grpo-mentor-s0"), ("eval", "warm-s0")]
+                      ("eval", "sft-s0"), ("train", "grpo-mentor-s0", True),   # MENTOR first:
+                      ("eval", "grpo-mentor-s0"), ("train", "grpo-sparse-s0", True),  # in both
+                      ("eval", "grpo-sparse-s0"), ("eval", "warm-s0")]      # comparisons
     assert "| warm | 1 |" in (report / "table.md").read_text()
     assert (report / "metrics_grpo-sparse-s0.jsonl").exists()
     events.clear()
     replicate.main(["--preset", "cpu", "--seeds", "0"])
     assert [e[:2] for e in events if e[0] == "train"] == [("train", "warm-s0"),
                                                           ("train", "grpo-mentor-s0")]
+
+
+def test_replicate_tables_every_finished_evaluation(tmp_path, monkeypatch):
+    """Seeds 0 and 1 were evaluated in earlier sessions: `--report` tables them without
+    training, and an invocation that starts with seed 2 tables them from its first report on."""
+    import os
+    monkeypatch.syspath_prepend(os.path.join(os.path.dirname(__file__), "..", "experiments"))
+    import replicate
+    report = tmp_path / "results"
+    report.mkdir()
+    res = {s: {"n": 2, "accuracy": 0.5, "tool_jsd": 0.0, "correct": [1, 0]}
+           for s in replicate.SUITES}
+    for name in ["base"] + [f"{m}-s{s}" for s in (0, 1)
+                            for m in ("warm", "sft", "grpo-sparse", "grpo-mentor")]:
+        replicate.write_json(str(report / f"eval_{name}.json"), res)
+    tables_seen = []
+
+    def fake_train(kwargs):
+        tables_seen.append((os.path.basename(kwargs["out"]), (report / "table.md").read_text()
+                            if (report / "table.md").exists() else ""))
+
+    def fake_eval(name, out, root, limit, gen):
+        replicate.write_json(os.path.join(root, f"eval_{name}.json"), res)
+        return res
+    monkeypatch.setattr(replicate, "run_train", fake_train)
+    monkeypatch.setattr(replicate, "run_eval", fake_eval)
+    monkeypatch.setattr(replicate, "curves", lambda *a: None)
+    monkeypatch.setattr(replicate, "plot", lambda *a: None)
+    monkeypatch.setitem(replicate.PRESETS, "cpu", dict(replicate.PRESETS["cpu"],
+                        out=str(tmp_path / "runs"), report=str(report)))
+    replicate.main(["--preset", "cpu", "--report"])
+    assert tables_seen == []
+    table = (report / "table.md").read_text()
+    assert "| grpo-mentor | 2 |" in table and "| grpo-mentor - sft | 2 |" in table
+    replicate.main(["--preset", "cpu", "--seeds", "2", "0", "1"])
+    assert [name for name, _ in tables_seen] == ["warm-s2", "sft-s2", "grpo-mentor-s2",
+                                                 "grpo-sparse-s2"]
+    assert "| sft | 3 |" in dict(tables_seen)["grpo-mentor-s2"]       # seeds 0 and 1 included
+    assert "| grpo-mentor - grpo-sparse | 3 |" in (report / "table.md").read_text()
 
 
 def test_replicate_sets_aside_a_partial_evaluation_of_a_lost_checkpoint(tmp_path, monkeypatch):
