@@ -207,7 +207,7 @@ def cell(values):
 def tables(results, methods, seeds):
     """Markdown: mean ± std over seeds per method and suite; paired bootstrap CIs."""
     per = {m: [results["base"]] if m == "base" else [results[f"{m}-s{s}"] for s in seeds
-                                                      if f"{m}-s{s}" in results]
+                                                      if set(SUITES) <= set(results.get(f"{m}-s{s}", {}))]
            for m in methods}
     n = {s: results["base"][s]["n"] for s in SUITES}
     lines = ["| method | seeds | " + " | ".join(f"{s} acc (n={n[s]})" for s in SUITES) + " | " +
@@ -219,16 +219,25 @@ def tables(results, methods, seeds):
     lines += ["", "Paired bootstrap 95% CI of the accuracy difference (problems and seeds "
               "resampled, 10,000 replicates; seeds paired by their shared warm start):", "",
               "| comparison | seeds | " + " | ".join(SUITES) + " |", "|" + "---|" * (2 + len(SUITES))]
-    for a, b in (("grpo-mentor", "sft"), ("grpo-mentor", "grpo-sparse")):
-        both = [s for s in seeds if f"{a}-s{s}" in results and f"{b}-s{s}" in results]
-        if not both:
+    # the two claims, then what each RL phase did to the warm start it started from (suite by
+    # suite: a warm start's evaluation may lack suites, see main)
+    for a, b in (("grpo-mentor", "sft"), ("grpo-mentor", "grpo-sparse"),
+                 ("grpo-mentor", "warm"), ("grpo-sparse", "warm")):
+        both = {suite: [s for s in seeds if suite in results.get(f"{a}-s{s}", {})
+                        and suite in results.get(f"{b}-s{s}", {})] for suite in SUITES}
+        most = max(map(len, both.values()))
+        if not most:
             continue
         cells = []
-        for suite in SUITES:
-            d, lo, hi = paired_bootstrap_ci([results[f"{a}-s{s}"][suite]["correct"] for s in both],
-                                            [results[f"{b}-s{s}"][suite]["correct"] for s in both])
-            cells.append(f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}]")
-        lines.append(f"| {a} - {b} | {len(both)} | " + " | ".join(cells) + " |")
+        for suite, ss in both.items():
+            if not ss:
+                cells.append("-")
+                continue
+            d, lo, hi = paired_bootstrap_ci([results[f"{a}-s{s}"][suite]["correct"] for s in ss],
+                                            [results[f"{b}-s{s}"][suite]["correct"] for s in ss])
+            cells.append(f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}]" +
+                         ("" if len(ss) == most else f" ({len(ss)} seeds)"))
+        lines.append(f"| {a} - {b} | {most} | " + " | ".join(cells) + " |")
     return "\n".join(lines), {m: {s: {"accuracy": float(np.mean([r[s]["accuracy"] for r in rs])),
                                      "accuracy_std": float(np.std([r[s]["accuracy"] for r in rs])),
                                      "tool_jsd": float(np.mean([r[s]["tool_jsd"] for r in rs]))}
@@ -264,6 +273,13 @@ def main(argv=None):
     # report on, whichever seed this invocation starts with
     results.update({f"{m}-s{s}": run_eval(f"{m}-s{s}", None, root, None, gen)
                     for s in args.seeds for m in methods[1:] if evaluated(root, f"{m}-s{s}")})
+    # and a warm start's partial evaluation (its checkpoint lost mid-evaluation): each suite it
+    # has still measures where that seed's RL runs started (the RL - warm rows, suite by suite)
+    for s in args.seeds:
+        path = os.path.join(root, f"eval_warm-s{s}.json")
+        if f"warm-s{s}" not in results and os.path.exists(path):
+            with open(path) as f:
+                results[f"warm-s{s}"] = json.load(f)
 
     def report():
         """table.md and the plots from every evaluation so far (rewritten after each one)."""
@@ -295,7 +311,12 @@ def main(argv=None):
         todo += [(f"grpo-{r}-s{seed}", dict(common, method="grpo", reward=r, init=warm,
                                             warmup_sft_steps=0, steps=p["rl_steps"], seed=seed))
                  for r in sorted(rewards, key=lambda r: r != "mentor")]
-        if warm and not all(evaluated(root, n) for n in [f"warm-s{seed}"] + [n for n, _ in todo]):
+        warm_eval = os.path.join(root, f"eval_warm-s{seed}.json")
+        # the warm start is (re)trained when an RL run still needs it, or when it has never been
+        # evaluated; a partial evaluation of a lost warm start whose RL runs are all evaluated
+        # stays as it is: a retrained one (on another CPU another model) is not where they began
+        if warm and (not all(evaluated(root, n) for n, _ in todo if n.startswith("grpo-"))
+                     or not os.path.exists(warm_eval)):
             set_aside_stale_eval(root, f"warm-s{seed}", warm)
             if not evaluated(root, f"warm-s{seed}"):
                 results.pop(f"warm-s{seed}", None)
@@ -309,9 +330,13 @@ def main(argv=None):
                 keep_metrics(out, root, name, kwargs.get("init"))
             results[name] = run_eval(name, out, root, p["eval_limit"], gen)
             report()
-        if warm:                                   # where every RL run starts
+        if warm and (evaluated(root, f"warm-s{seed}") or
+                     os.path.exists(os.path.join(warm, "result.json"))):   # where RL starts
             results[f"warm-s{seed}"] = run_eval(f"warm-s{seed}", warm, root, p["eval_limit"], gen)
             report()
+        elif warm:
+            print(f"warm-s{seed}: its checkpoint is gone and its RL runs are evaluated; its "
+                  f"evaluation stays partial ({warm_eval})", flush=True)
     print(f"wrote {root}/table.md, accuracy.png, jsd_vs_accuracy.png, training_curves.png")
 
 

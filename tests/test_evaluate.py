@@ -216,6 +216,7 @@ def test_replicate_evaluates_each_run_before_training_the_next(tmp_path, monkeyp
         events.append(("train", os.path.basename(kwargs["out"]), (report / "table.md").exists()))
         os.makedirs(kwargs["out"], exist_ok=True)
         (tmp_path / "runs" / os.path.basename(kwargs["out"]) / "metrics.jsonl").write_text("{}\n")
+        (tmp_path / "runs" / os.path.basename(kwargs["out"]) / "result.json").write_text("{}")
 
     def fake_eval(name, out, root, limit, gen):
         events.append(("eval", name))
@@ -255,6 +256,10 @@ def test_replicate_tables_every_finished_evaluation(tmp_path, monkeypatch):
     for name in ["base"] + [f"{m}-s{s}" for s in (0, 1)
                             for m in ("warm", "sft", "grpo-sparse", "grpo-mentor")]:
         replicate.write_json(str(report / f"eval_{name}.json"), res)
+    # warm-s1's evaluation stopped before lookup: no row of its own, but the RL - warm rows use
+    # its suites (lookup from seed 0 alone)
+    replicate.write_json(str(report / "eval_warm-s1.json"),
+                         {s: v for s, v in res.items() if s != "lookup"})
     tables_seen = []
 
     def fake_train(kwargs):
@@ -274,6 +279,9 @@ def test_replicate_tables_every_finished_evaluation(tmp_path, monkeypatch):
     assert tables_seen == []
     table = (report / "table.md").read_text()
     assert "| grpo-mentor | 2 |" in table and "| grpo-mentor - sft | 2 |" in table
+    assert "| warm | 1 |" in table
+    row = next(line for line in table.splitlines() if line.startswith("| grpo-mentor - warm | 2 |"))
+    assert row.rstrip(" |").endswith("+0.000 [+0.000, +0.000] (1 seeds)")       # lookup
     replicate.main(["--preset", "cpu", "--seeds", "2", "0", "1"])
     assert [name for name, _ in tables_seen] == ["warm-s2", "sft-s2", "grpo-mentor-s2",
                                                  "grpo-sparse-s2"]
