@@ -149,11 +149,14 @@ def server_teacher(url, model_name, suite, max_turns=5, api_key=None):
     endpoint = url.rstrip("/") + "/chat/completions"
 
     def solve(problem):
-        chat = prompt_messages(problem["question"], suite.schemas)
+        # the tools this problem shows, in the API's {"type": "function", ...} wrapping
+        schemas = [s if "function" in s else {"type": "function", "function": s}
+                   for s in problem.get("schemas", suite.schemas)]
+        chat = prompt_messages(problem["question"], schemas)
         out = []
         for _ in range(max_turns):
             reply = http_json(endpoint, {"model": model_name, "messages": chat,
-                                         "tools": suite.schemas, "temperature": 0.7}, api_key)
+                                         "tools": schemas, "temperature": 0.7}, api_key)
             msg = reply["choices"][0]["message"]
             text = msg.get("content") or ""
             calls = [json.dumps({"name": c["function"]["name"],

@@ -319,12 +319,17 @@ def teacher_trajectories(cfg, suite, tok):
         if not all("solution" in p for p in train):
             sys.exit(f"suite {cfg.suite} has no reference solutions: run teacher.py and pass "
                      f"--teacher TRAJ.jsonl")
-        pairs = [(p["question"], reference_messages(p, suite.tools)) for p in train]
+        pairs = [(p, reference_messages(p, suite.tools)) for p in train]
     else:
-        pairs = [(r["question"], r["messages"]) for r in read_cache(cfg.teacher) if r["solved"]]
+        shown = {p["question"]: p for p in train}
+        pairs = [(shown.get(r["question"], {"question": r["question"]}), r["messages"])
+                 for r in read_cache(cfg.teacher) if r["solved"]]
     if not pairs:
         sys.exit(f"no solved teacher trajectories in {cfg.teacher}")
-    return [(encode_prompt(tok, q, suite.schemas), *trajectory_ids(tok, m)) for q, m in pairs]
+    # the prompt shows the tools the problem shows (its own `schemas`, else the suite's), as
+    # the rollouts do
+    return [(encode_prompt(tok, p["question"], p.get("schemas", suite.schemas)),
+             *trajectory_ids(tok, m)) for p, m in pairs]
 
 
 def save_checkpoint(path, model, opt, step, cfg, phase):
