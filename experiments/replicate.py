@@ -312,11 +312,11 @@ def main(argv=None):
                                             warmup_sft_steps=0, steps=p["rl_steps"], seed=seed))
                  for r in sorted(rewards, key=lambda r: r != "mentor")]
         warm_eval = os.path.join(root, f"eval_warm-s{seed}.json")
-        # the warm start is (re)trained when an RL run still needs it, or when it has never been
-        # evaluated; a partial evaluation of a lost warm start whose RL runs are all evaluated
-        # stays as it is: a retrained one (on another CPU another model) is not where they began
-        if warm and (not all(evaluated(root, n) for n, _ in todo if n.startswith("grpo-"))
-                     or not os.path.exists(warm_eval)):
+        # the warm start is (re)trained only when an RL run still needs it: once a seed's RL
+        # runs are evaluated, a lost warm start stays as its evaluation left it (partial or
+        # none), since a retrained one is not where they began (on another CPU another model,
+        # and on the same kind of CPU it came out different too: warm-s2, README)
+        if warm and not all(evaluated(root, n) for n, _ in todo if n.startswith("grpo-")):
             set_aside_stale_eval(root, f"warm-s{seed}", warm)
             if not evaluated(root, f"warm-s{seed}"):
                 results.pop(f"warm-s{seed}", None)
@@ -336,7 +336,8 @@ def main(argv=None):
             report()
         elif warm:
             print(f"warm-s{seed}: its checkpoint is gone and its RL runs are evaluated; its "
-                  f"evaluation stays partial ({warm_eval})", flush=True)
+                  f"evaluation stays as it is ({warm_eval}: "
+                  f"{'partial' if os.path.exists(warm_eval) else 'none'})", flush=True)
     print(f"wrote {root}/table.md, accuracy.png, jsd_vs_accuracy.png, training_curves.png")
 
 

@@ -287,6 +287,12 @@ def test_replicate_tables_every_finished_evaluation(tmp_path, monkeypatch):
                                                  "grpo-sparse-s2"]
     assert "| sft | 3 |" in dict(tables_seen)["grpo-mentor-s2"]       # seeds 0 and 1 included
     assert "| grpo-mentor - grpo-sparse | 3 |" in (report / "table.md").read_text()
+    # warm-s2 was lost before its evaluation (fake_train leaves no checkpoint) and its RL runs
+    # are evaluated: not retrained (a retrained one is another model, not where they began)
+    assert not (report / "eval_warm-s2.json").exists()
+    tables_seen.clear()
+    replicate.main(["--preset", "cpu", "--seeds", "2"])
+    assert tables_seen == [] and not (report / "eval_warm-s2.json").exists()
 
 
 def test_replicate_sets_aside_a_partial_evaluation_of_a_lost_checkpoint(tmp_path, monkeypatch):
