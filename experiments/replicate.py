@@ -4,6 +4,7 @@
     python experiments/replicate.py --preset gpu            # Qwen2.5-0.5B on one GPU
     python experiments/replicate.py --preset cpu --seeds 0 1 2 --ablations
     python experiments/replicate.py --preset cpu --report   # table.md and plots only
+    python experiments/replicate.py --preset cpu-aliases    # a warm start that reads tool lists
 
 From one student and one set of teacher trajectories it trains, per seed:
     sft            SFT on the teacher's trajectories (warm_steps + rl_steps SFT steps)
@@ -11,7 +12,9 @@ From one student and one set of teacher trajectories it trains, per seed:
     grpo-mentor    warm start, then GRPO with MENTOR's composite reward
     (--ablations)  grpo-partial, grpo-no_tool_match, grpo-f1
 The warm start (SFT, cold start for a student that calls no tools) is shared by
-every RL run of a seed and is evaluated too, as the point RL starts from. Every
+every RL run of a seed and is evaluated too, as the point RL starts from. In
+cpu-aliases it is trained on math under per-problem tool names and SFT starts
+from it too (warm start + as many SFT steps as RL takes). Every
 method takes the same number of optimizer steps. Every checkpoint and the base
 model are evaluated greedily on math (in domain, its test split) and on
 retrieval, BFCL, shop, dates and lookup (out of domain, all problems). table.md gives
@@ -58,6 +61,16 @@ PRESETS = {
                 eval_limit={"math": 300, "retrieval": None, "bfcl": 200, "shop": None,
                             "dates": None, "lookup": None}, out="runs/replicate-gpu",
                 report="results/replicate-gpu"),
+    # the cpu preset from a warm start that has to read its tool list: 18 SFT steps on math
+    # under per-problem tool names (experiments/suite_math_aliases.py; it scored 0.125 on shop
+    # and dates where the plain warm start scored 0.000-0.110, README); then every method
+    # trains 10 steps on math itself from it, SFT included, so all three share the warm start
+    "cpu-aliases": dict(student="SmolLM2-135M", warm_steps=Config.warmup_sft_steps,
+                        rl_steps=Config.steps, warm_suite="experiments/suite_math_aliases.py",
+                        sft_from_warm=True,
+                        eval_limit={"math": 200, "retrieval": None, "bfcl": 100, "shop": None,
+                                    "dates": None, "lookup": None},
+                        out="runs/replicate-cpu-aliases", report="results/replicate-cpu-aliases"),
     # a few minutes end to end: checks the pipeline, says nothing about the method
     "smoke": dict(student="SmolLM2-135M", warm_steps=1, rl_steps=1, batch_size=1, group_size=2,
                   eval_limit={s: 2 for s in SUITES} | {"bfcl": 5}, out="runs/replicate-smoke",
@@ -135,7 +148,7 @@ def provenance(root, seeds):
         parts = []
         for name, run in runs.items():
             part = f"{name}: {run.get('machine', 'machine not recorded')}"
-            if name.startswith("grpo-"):
+            if name.startswith("grpo-") or "init_sha" in run:
                 init = run.get("init_sha")
                 part += (" (warm start not recorded)" if init is None else
                          f" (from warm-s{seed} as in metrics_warm-s{seed}.jsonl)" if init == warm
@@ -204,7 +217,7 @@ def cell(values):
     return f"{v.mean():.3f} ± {v.std():.3f}" if len(v) > 1 else f"{v[0]:.3f}"
 
 
-def tables(results, methods, seeds):
+def tables(results, methods, seeds, sft_from_warm=False):
     """Markdown: mean ± std over seeds per method and suite; paired bootstrap CIs."""
     per = {m: [results["base"]] if m == "base" else [results[f"{m}-s{s}"] for s in seeds
                                                       if set(SUITES) <= set(results.get(f"{m}-s{s}", {}))]
@@ -222,7 +235,8 @@ def tables(results, methods, seeds):
     # the two claims, then what each RL phase did to the warm start it started from (suite by
     # suite: a warm start's evaluation may lack suites, see main)
     for a, b in (("grpo-mentor", "sft"), ("grpo-mentor", "grpo-sparse"),
-                 ("grpo-mentor", "warm"), ("grpo-sparse", "warm")):
+                 ("grpo-mentor", "warm"), ("grpo-sparse", "warm")) + \
+            ((("sft", "warm"),) if sft_from_warm else ()):
         both = {suite: [s for s in seeds if suite in results.get(f"{a}-s{s}", {})
                         and suite in results.get(f"{b}-s{s}", {})] for suite in SUITES}
         most = max(map(len, both.values()))
@@ -283,13 +297,16 @@ def main(argv=None):
 
     def report():
         """table.md and the plots from every evaluation so far (rewritten after each one)."""
-        table, summary = tables(results, methods, args.seeds)
+        table, summary = tables(results, methods, args.seeds, p.get("sft_from_warm", False))
         plot(summary, SUITES, root)
         curves(methods[1:], root, args.seeds)
         with open(os.path.join(root, "table.md"), "w") as f:
             f.write(table + (
                 f"\n\npreset {args.preset}, seeds {sorted(args.seeds)}; per seed: warm start "
-                f"{p['warm_steps']} SFT steps; sft {p['warm_steps'] + p['rl_steps']} SFT steps; "
+                f"{p['warm_steps']} SFT steps" + (f" on {p['warm_suite']}" if p.get("warm_suite")
+                                                  else "") + "; sft " +
+                (f"warm start + {p['rl_steps']} SFT steps" if p.get("sft_from_warm") else
+                 f"{p['warm_steps'] + p['rl_steps']} SFT steps") + "; "
                 f"grpo-* warm start + {p['rl_steps']} GRPO steps (equal optimizer steps), "
                 f"drawing up to {cfg.max_sample_batches} batches of questions a step; "
                 f"wall time of this invocation {time.time() - t0:.0f} s\n\n"
@@ -304,8 +321,9 @@ def main(argv=None):
     for seed in args.seeds:
         warm = os.path.join(runs_dir, f"warm-s{seed}") if p["warm_steps"] else None
         # equal optimizer steps: SFT gets the warm start's steps plus as many as RL takes
-        todo = [(f"sft-s{seed}", dict(common, method="sft", steps=p["warm_steps"] + p["rl_steps"],
-                                      seed=seed))]
+        todo = [(f"sft-s{seed}", dict(common, method="sft", init=warm, steps=p["rl_steps"],
+                                      seed=seed) if p.get("sft_from_warm") else
+                 dict(common, method="sft", steps=p["warm_steps"] + p["rl_steps"], seed=seed))]
         # MENTOR first of the RL runs: both comparisons need it, so a session cut off after two
         # runs of a seed (a seed is hours on 2 cores) leaves one comparison complete
         todo += [(f"grpo-{r}-s{seed}", dict(common, method="grpo", reward=r, init=warm,
@@ -316,11 +334,12 @@ def main(argv=None):
         # runs are evaluated, a lost warm start stays as its evaluation left it (partial or
         # none), since a retrained one is not where they began (on another CPU another model,
         # and on the same kind of CPU it came out different too: warm-s2, README)
-        if warm and not all(evaluated(root, n) for n, _ in todo if n.startswith("grpo-")):
+        if warm and not all(evaluated(root, n) for n, kw in todo if kw.get("init") == warm):
             set_aside_stale_eval(root, f"warm-s{seed}", warm)
             if not evaluated(root, f"warm-s{seed}"):
                 results.pop(f"warm-s{seed}", None)
-            run_train(dict(common, method="sft", steps=p["warm_steps"], seed=seed, out=warm))
+            run_train(dict(common, method="sft", steps=p["warm_steps"], seed=seed, out=warm,
+                           **({"suite": p["warm_suite"]} if p.get("warm_suite") else {})))
             keep_metrics(warm, root, f"warm-s{seed}")
         for name, kwargs in todo:
             out = os.path.join(runs_dir, name)

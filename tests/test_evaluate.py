@@ -243,6 +243,44 @@ def test_replicate_evaluates_each_run_before_training_the_next(tmp_path, monkeyp
                                                           ("train", "grpo-mentor-s0")]
 
 
+def test_replicate_cpu_aliases_trains_every_method_from_the_aliased_warm_start(tmp_path,
+                                                                              monkeypatch):
+    """cpu-aliases: the warm start trains on the aliased math suite, then SFT, like both RL
+    runs, takes rl_steps steps from it; table.md gets an sft - warm row."""
+    import os
+    monkeypatch.syspath_prepend(os.path.join(os.path.dirname(__file__), "..", "experiments"))
+    import replicate
+    report, trained = tmp_path / "results", {}
+
+    def fake_train(kwargs):
+        trained[os.path.basename(kwargs["out"])] = kwargs
+        os.makedirs(kwargs["out"], exist_ok=True)
+        for f, text in (("metrics.jsonl", "{}\n"), ("result.json", "{}"), ("run.json", "{}")):
+            (tmp_path / "runs" / os.path.basename(kwargs["out"]) / f).write_text(text)
+
+    def fake_eval(name, out, root, limit, gen):
+        res = {s: {"n": 2, "accuracy": 0.5, "tool_jsd": 0.0, "correct": [1, 0]}
+               for s in replicate.SUITES}
+        replicate.write_json(os.path.join(root, f"eval_{name}.json"), res)
+        return res
+    monkeypatch.setattr(replicate, "run_train", fake_train)
+    monkeypatch.setattr(replicate, "run_eval", fake_eval)
+    monkeypatch.setattr(replicate, "curves", lambda *a: None)
+    monkeypatch.setattr(replicate, "plot", lambda *a: None)
+    monkeypatch.setitem(replicate.PRESETS, "cpu-aliases", dict(
+        replicate.PRESETS["cpu-aliases"], out=str(tmp_path / "runs"), report=str(report)))
+    replicate.main(["--preset", "cpu-aliases", "--seeds", "0"])
+    warm, rl = trained["warm-s0"], replicate.PRESETS["cpu-aliases"]["rl_steps"]
+    assert list(trained) == ["warm-s0", "sft-s0", "grpo-mentor-s0", "grpo-sparse-s0"]
+    assert warm["suite"].endswith("suite_math_aliases.py") and warm["method"] == "sft"
+    for name in ("sft-s0", "grpo-mentor-s0", "grpo-sparse-s0"):
+        assert trained[name]["init"] == warm["out"] and trained[name]["steps"] == rl
+        assert trained[name].get("suite", "math") == "math"          # math itself from there
+    table = (report / "table.md").read_text()
+    assert "| sft - warm | 1 |" in table and "sft warm start + 10 SFT steps" in table
+    assert "sft-s0: machine not recorded (from warm-s0 as in metrics_warm-s0.jsonl)" in table
+
+
 def test_replicate_tables_every_finished_evaluation(tmp_path, monkeypatch):
     """Seeds 0 and 1 were evaluated in earlier sessions: `--report` tables them without
     training, and an invocation that starts with seed 2 tables them from its first report on."""
