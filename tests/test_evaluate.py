@@ -202,6 +202,18 @@ def test_replicate_evaluation_resumes_suite_by_suite(tmp_path, monkeypatch):
     assert json.loads((tmp_path / "eval_sft-s0.json").read_text()) == res
 
 
+def fake_replicate(monkeypatch, replicate, preset, runs, report, train, evaluate, plots=False):
+    """replicate.py with training and evaluation replaced, writing under runs/ and report/
+    (plots=True keeps the accuracy plots; the training curves are skipped either way)."""
+    monkeypatch.setattr(replicate, "run_train", train)
+    monkeypatch.setattr(replicate, "run_eval", evaluate)
+    monkeypatch.setattr(replicate, "curves", lambda *a: None)
+    if not plots:
+        monkeypatch.setattr(replicate, "plot", lambda *a: None)
+    monkeypatch.setitem(replicate.PRESETS, preset, dict(replicate.PRESETS[preset], out=str(runs),
+                                                        report=str(report)))
+
+
 def test_replicate_evaluates_each_run_before_training_the_next(tmp_path, monkeypatch):
     """A seed's runs are each evaluated, and table.md rewritten, right after training, so an
     invocation cut off mid-seed leaves its finished comparisons behind; the warm start (every
@@ -225,11 +237,8 @@ def test_replicate_evaluates_each_run_before_training_the_next(tmp_path, monkeyp
         if name not in ("grpo-mentor-s0", "warm-s0"):        # these two "cut off"
             replicate.write_json(os.path.join(root, f"eval_{name}.json"), res)
         return res
-    monkeypatch.setattr(replicate, "run_train", fake_train)
-    monkeypatch.setattr(replicate, "run_eval", fake_eval)
-    monkeypatch.setattr(replicate, "curves", lambda *a: None)
-    monkeypatch.setitem(replicate.PRESETS, "cpu", dict(replicate.PRESETS["cpu"],
-                        out=str(tmp_path / "runs"), report=str(report)))
+    fake_replicate(monkeypatch, replicate, "cpu", tmp_path / "runs", report, fake_train, fake_eval,
+                   plots=True)
     replicate.main(["--preset", "cpu", "--seeds", "0"])
     assert events == [("eval", "base"), ("train", "warm-s0", False), ("train", "sft-s0", False),
                       ("eval", "sft-s0"), ("train", "grpo-mentor-s0", True),   # MENTOR first:
@@ -263,12 +272,8 @@ def test_replicate_cpu_aliases_trains_every_method_from_the_aliased_warm_start(t
                for s in replicate.SUITES}
         replicate.write_json(os.path.join(root, f"eval_{name}.json"), res)
         return res
-    monkeypatch.setattr(replicate, "run_train", fake_train)
-    monkeypatch.setattr(replicate, "run_eval", fake_eval)
-    monkeypatch.setattr(replicate, "curves", lambda *a: None)
-    monkeypatch.setattr(replicate, "plot", lambda *a: None)
-    monkeypatch.setitem(replicate.PRESETS, "cpu-aliases", dict(
-        replicate.PRESETS["cpu-aliases"], out=str(tmp_path / "runs"), report=str(report)))
+    fake_replicate(monkeypatch, replicate, "cpu-aliases", tmp_path / "runs", report, fake_train,
+                   fake_eval)
     replicate.main(["--preset", "cpu-aliases", "--seeds", "0"])
     warm, rl = trained["warm-s0"], replicate.PRESETS["cpu-aliases"]["rl_steps"]
     assert list(trained) == ["warm-s0", "sft-s0", "grpo-mentor-s0", "grpo-sparse-s0"]
@@ -307,12 +312,7 @@ def test_replicate_tables_every_finished_evaluation(tmp_path, monkeypatch):
     def fake_eval(name, out, root, limit, gen):
         replicate.write_json(os.path.join(root, f"eval_{name}.json"), res)
         return res
-    monkeypatch.setattr(replicate, "run_train", fake_train)
-    monkeypatch.setattr(replicate, "run_eval", fake_eval)
-    monkeypatch.setattr(replicate, "curves", lambda *a: None)
-    monkeypatch.setattr(replicate, "plot", lambda *a: None)
-    monkeypatch.setitem(replicate.PRESETS, "cpu", dict(replicate.PRESETS["cpu"],
-                        out=str(tmp_path / "runs"), report=str(report)))
+    fake_replicate(monkeypatch, replicate, "cpu", tmp_path / "runs", report, fake_train, fake_eval)
     replicate.main(["--preset", "cpu", "--report"])
     assert tables_seen == []
     table = (report / "table.md").read_text()
