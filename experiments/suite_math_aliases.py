@@ -7,13 +7,14 @@
 
 Why: after SFT on `math`, the 135M student calls `divide` on a date question whatever
 tools its prompt lists, even when the question names the tool to use or the prompt lists
-that one tool alone (results/rl-log.md, section 7). It learned twelve names, not to read
+that one tool alone (README, "How much of that is luck of the warm start"). It learned
+twelve names, not to read
 a tool list. Here every problem lists the twelve calculator tools under names drawn for
 that problem (`divide` may be `quotient`, `split_evenly`, ...; the paper's name among
 them) in a shuffled order, and its reference solution calls them by those names, so a
 student that imitates it has to read the list to name a tool. The problems, the answers
-and the splits are `math`'s own; the alias names share no word with any out-of-domain
-suite's tools. Not the paper's set-up: a warm-start variant to measure.
+and the splits are `math`'s own; no alias is the name of an out-of-domain suite's tool
+(tests/test_aliases.py). Not the paper's set-up: a warm-start variant to measure.
 """
 import functools
 import random
