@@ -258,7 +258,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description="Evaluate students in and out of domain.")
     ap.add_argument("--model", default=None, help="short name, HF id, folder or train.py run")
     ap.add_argument("--compare", nargs="+", metavar="NAME=MODEL")
-    ap.add_argument("--suite", default="math,retrieval,bfcl,shop,dates,lookup")
+    ap.add_argument("--suite", default="math,retrieval,bfcl,shop,dates,lookup,units")
     ap.add_argument("--trained-on", type=lambda v: tuple(v.split(",")) if v else (),
                     help="suites scored on their test split, comma-separated (default: the suite "
                          "a run folder trained on; every other suite is scored on all problems)")

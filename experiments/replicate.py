@@ -12,12 +12,13 @@ From one student and one set of teacher trajectories it trains, per seed:
     grpo-mentor    warm start, then GRPO with MENTOR's composite reward
     (--ablations)  grpo-partial, grpo-no_tool_match, grpo-f1
 The warm start (SFT, cold start for a student that calls no tools) is shared by
-every RL run of a seed and is evaluated too, as the point RL starts from. In
+every RL run of a seed and is evaluated first, as the point RL starts from. In
 cpu-aliases it is trained on math under per-problem tool names and SFT starts
 from it too (warm start + as many SFT steps as RL takes). Every
 method takes the same number of optimizer steps. Every checkpoint and the base
 model are evaluated greedily on math (in domain, its test split) and on
-retrieval, BFCL, shop, dates and lookup (out of domain, all problems). table.md gives
+retrieval, BFCL, shop, dates and lookup (out of domain, all problems; cpu-aliases
+adds units). table.md gives
 mean +- std over seeds and paired bootstrap 95% CIs of MENTOR - SFT and
 MENTOR - sparse per suite; accuracy.png (error bars: std over seeds),
 jsd_vs_accuracy.png and training_curves.png go beside it.
@@ -27,7 +28,8 @@ Runs (checkpoints, hundreds of MB) go under runs/replicate-PRESET/; what is wort
 enough to commit. It resumes from both: a run whose evaluation is complete in results/ is not
 trained again (so a fresh clone continues where the committed results stop), a finished run
 (result.json) is not trained again, an unfinished one continues from its checkpoint, and an
-evaluation redoes only the suites it had not saved.
+evaluation redoes only the suites it had not saved. A warm start retrained in another session
+is the same one only if its SFT losses are (losses_sha): then its evaluation stands.
 """
 import argparse
 import hashlib
@@ -61,15 +63,17 @@ PRESETS = {
                 eval_limit={"math": 300, "retrieval": None, "bfcl": 200, "shop": None,
                             "dates": None, "lookup": None}, out="runs/replicate-gpu",
                 report="results/replicate-gpu"),
-    # the cpu preset from a warm start that has to read its tool list: 18 SFT steps on math
-    # under per-problem tool names (experiments/suite_math_aliases.py; it scored 0.125 on shop
-    # and dates where the plain warm start scored 0.000-0.110, README); then every method
-    # trains 10 steps on math itself from it, SFT included, so all three share the warm start
-    "cpu-aliases": dict(student="SmolLM2-135M", warm_steps=Config.warmup_sft_steps,
+    # the cpu preset from a warm start that has to read its tool list: 30 SFT steps on math
+    # under per-problem tool names (experiments/suite_math_aliases.py; after 18 such steps it
+    # scored 0.125 on shop and dates and 0.41 on units where the plain warm start scored
+    # 0.000-0.110, but only 0.28 on math, too low for RL to find signal: README); then every
+    # method trains 10 steps on math itself from it, SFT included, so all three share the warm
+    # start. units joins the suites: the one a student that reads its tool list can reach.
+    "cpu-aliases": dict(student="SmolLM2-135M", warm_steps=30,
                         rl_steps=Config.steps, warm_suite="experiments/suite_math_aliases.py",
-                        sft_from_warm=True,
+                        sft_from_warm=True, suites=SUITES + ["units"],
                         eval_limit={"math": 200, "retrieval": None, "bfcl": 100, "shop": None,
-                                    "dates": None, "lookup": None},
+                                    "dates": None, "lookup": None, "units": None},
                         out="runs/replicate-cpu-aliases", report="results/replicate-cpu-aliases"),
     # a few minutes end to end: checks the pipeline, says nothing about the method
     "smoke": dict(student="SmolLM2-135M", warm_steps=1, rl_steps=1, batch_size=1, group_size=2,
@@ -98,13 +102,9 @@ def set_aside_stale_eval(root, name, out):
               f"as eval_{name}.stale.json and {name} is trained and evaluated anew", flush=True)
 
 
-def evaluated(root, name):
+def evaluated(root, name, suites=SUITES):
     """Is eval_{name}.json complete (every suite)?"""
-    path = os.path.join(root, f"eval_{name}.json")
-    if not os.path.exists(path):
-        return False
-    with open(path) as f:
-        return set(SUITES) <= set(json.load(f))
+    return len(load_eval(root, name, suites)) == len(suites)
 
 
 def file_sha(path):
@@ -112,11 +112,43 @@ def file_sha(path):
         return hashlib.sha256(f.read()).hexdigest()[:16]
 
 
+def losses_sha(path):
+    """A warm start's identity: the hash of its metrics.jsonl without the timings, i.e. every
+    SFT loss to 17 digits. Two trainings with the same hash made, beyond reasonable doubt, the
+    same model (on one kind of CPU in fp32, SFT here is deterministic: README)."""
+    with open(path) as f:
+        rows = [{k: v for k, v in json.loads(line).items() if not k.endswith("time")}
+                for line in f if line.strip()]
+    return hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def retrain_warm(root, name, cfg_kwargs, results):
+    """Train (or finish) the seed's warm start. When an earlier session recorded one
+    (metrics_{name}.jsonl) and this one came out with other SFT losses, it is another model:
+    the old evaluation is kept aside as eval_{name}.stale.json, and the runs trained from the
+    old one keep their init_sha, so table.md shows which runs share a warm start."""
+    recorded = os.path.join(root, f"metrics_{name}.jsonl")
+    before = losses_sha(recorded) if os.path.exists(recorded) else None
+    run_train(cfg_kwargs)
+    keep_metrics(cfg_kwargs["out"], root, name)
+    after = losses_sha(recorded) if os.path.exists(recorded) else None
+    if before and before == after:
+        print(f"{name}: the same SFT losses as recorded ({after}): the same warm start", flush=True)
+        return
+    path = os.path.join(root, f"eval_{name}.json")
+    if os.path.exists(path):
+        os.replace(path, os.path.join(root, f"eval_{name}.stale.json"))
+        results.pop(name, None)
+        print(f"{name}: retrained with other SFT losses ({before} -> {after}), another model; "
+              f"its old evaluation is kept as eval_{name}.stale.json", flush=True)
+
+
 def keep_metrics(out, root, name, init=None):
     """Copy a run's per-step metrics and its settings (with the machine) beside its evaluation:
     metrics_{name}.jsonl, run_{name}.json. An RL run's run_{name}.json also gets `init_sha`,
     the hash of its warm start's metrics.jsonl (every SFT loss to 17 digits): two runs with the
-    same init_sha started from the same warm start, which is what pairs them by seed."""
+    same init_sha started from the same warm start, which is what pairs them by seed (the hash
+    of the losses alone, losses_sha; runs recorded before it was used carry the file's hash)."""
     for src, dst in (("metrics.jsonl", f"metrics_{name}.jsonl"), ("run.json", f"run_{name}.json")):
         if os.path.exists(os.path.join(out, src)):
             shutil.copyfile(os.path.join(out, src), os.path.join(root, dst))
@@ -125,7 +157,7 @@ def keep_metrics(out, root, name, init=None):
         with open(run_json) as f:
             run = json.load(f)
         if init:
-            run["init_sha"] = file_sha(os.path.join(init, "metrics.jsonl"))
+            run["init_sha"] = losses_sha(os.path.join(init, "metrics.jsonl"))
         write_json(run_json, run)
 
 
@@ -144,36 +176,44 @@ def provenance(root, seeds):
         if not runs:
             continue
         warm_metrics = os.path.join(root, f"metrics_warm-s{seed}.jsonl")
-        warm = file_sha(warm_metrics) if os.path.exists(warm_metrics) else None
+        warm = ({file_sha(warm_metrics), losses_sha(warm_metrics)}
+                if os.path.exists(warm_metrics) else set())
         parts = []
         for name, run in runs.items():
             part = f"{name}: {run.get('machine', 'machine not recorded')}"
             if name.startswith("grpo-") or "init_sha" in run:
                 init = run.get("init_sha")
                 part += (" (warm start not recorded)" if init is None else
-                         f" (from warm-s{seed} as in metrics_warm-s{seed}.jsonl)" if init == warm
+                         f" (from warm-s{seed} as in metrics_warm-s{seed}.jsonl)" if init in warm
                          else f" (from another warm start, {init})")
             parts.append(part)
         lines.append(f"- seed {seed}: " + "; ".join(parts))
     return lines
 
 
-def run_eval(name, model, root, limit, gen):
+def load_eval(root, name, suites=None):
+    """The suites eval_{name}.json has, of these (None: all; {} if there is no file)."""
+    path = os.path.join(root, f"eval_{name}.json")
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        res = json.load(f)
+    return {s: v for s, v in res.items() if suites is None or s in suites}
+
+
+def run_eval(name, model, root, limit, gen, suites=SUITES):
     """eval_{name}.json, written after each suite: an interrupted evaluation keeps the suites
     it finished and does only the others when run again (the model loaded once)."""
     path = os.path.join(root, f"eval_{name}.json")
-    res = {}
-    if os.path.exists(path):
-        with open(path) as f:
-            res = json.load(f)
+    res = load_eval(root, name)
 
     def save(done):
         res.update(done)
         write_json(path, res)
-    todo = [s for s in SUITES if s not in res]
+    todo = [s for s in suites if s not in res]
     if todo:
         evaluate_model(model, todo, limit=limit, trained_on=IN_DOMAIN, on_suite=save, **gen)
-    return {s: res[s] for s in SUITES}
+    return {s: res[s] for s in suites}
 
 
 def mean_curve(paths, key, phase):
@@ -217,28 +257,38 @@ def cell(values):
     return f"{v.mean():.3f} ± {v.std():.3f}" if len(v) > 1 else f"{v[0]:.3f}"
 
 
-def tables(results, methods, seeds, sft_from_warm=False):
+def design(p, cfg):
+    """What a seed trains, in words, for table.md."""
+    warm = f"warm start {p['warm_steps']} SFT steps" + (f" on {p['warm_suite']}"
+                                                        if p.get("warm_suite") else "")
+    sft = (f"warm start + {p['rl_steps']} SFT steps" if p.get("sft_from_warm") else
+           f"{p['warm_steps'] + p['rl_steps']} SFT steps")
+    return (f"{warm}; sft {sft}; grpo-* warm start + {p['rl_steps']} GRPO steps (equal "
+            f"optimizer steps), drawing up to {cfg.max_sample_batches} batches of questions a step")
+
+
+def tables(results, methods, seeds, suites=SUITES, sft_from_warm=False):
     """Markdown: mean ± std over seeds per method and suite; paired bootstrap CIs."""
     per = {m: [results["base"]] if m == "base" else [results[f"{m}-s{s}"] for s in seeds
-                                                      if set(SUITES) <= set(results.get(f"{m}-s{s}", {}))]
+                                                      if set(suites) <= set(results.get(f"{m}-s{s}", {}))]
            for m in methods}
-    n = {s: results["base"][s]["n"] for s in SUITES}
-    lines = ["| method | seeds | " + " | ".join(f"{s} acc (n={n[s]})" for s in SUITES) + " | " +
-             " | ".join(f"{s} tool-JSD" for s in SUITES) + " |", "|" + "---|" * (2 + 2 * len(SUITES))]
+    n = {s: results["base"][s]["n"] for s in suites}
+    lines = ["| method | seeds | " + " | ".join(f"{s} acc (n={n[s]})" for s in suites) + " | " +
+             " | ".join(f"{s} tool-JSD" for s in suites) + " |", "|" + "---|" * (2 + 2 * len(suites))]
     for m, rs in per.items():
         if rs:
             lines.append(f"| {m} | {len(rs)} | " + " | ".join(
-                cell([r[s][k] for r in rs]) for k in ("accuracy", "tool_jsd") for s in SUITES) + " |")
+                cell([r[s][k] for r in rs]) for k in ("accuracy", "tool_jsd") for s in suites) + " |")
     lines += ["", "Paired bootstrap 95% CI of the accuracy difference (problems and seeds "
               "resampled, 10,000 replicates; seeds paired by their shared warm start):", "",
-              "| comparison | seeds | " + " | ".join(SUITES) + " |", "|" + "---|" * (2 + len(SUITES))]
+              "| comparison | seeds | " + " | ".join(suites) + " |", "|" + "---|" * (2 + len(suites))]
     # the two claims, then what each RL phase did to the warm start it started from (suite by
     # suite: a warm start's evaluation may lack suites, see main)
     for a, b in (("grpo-mentor", "sft"), ("grpo-mentor", "grpo-sparse"),
                  ("grpo-mentor", "warm"), ("grpo-sparse", "warm")) + \
             ((("sft", "warm"),) if sft_from_warm else ()):
         both = {suite: [s for s in seeds if suite in results.get(f"{a}-s{s}", {})
-                        and suite in results.get(f"{b}-s{s}", {})] for suite in SUITES}
+                        and suite in results.get(f"{b}-s{s}", {})] for suite in suites}
         most = max(map(len, both.values()))
         if not most:
             continue
@@ -255,7 +305,7 @@ def tables(results, methods, seeds, sft_from_warm=False):
     return "\n".join(lines), {m: {s: {"accuracy": float(np.mean([r[s]["accuracy"] for r in rs])),
                                      "accuracy_std": float(np.std([r[s]["accuracy"] for r in rs])),
                                      "tool_jsd": float(np.mean([r[s]["tool_jsd"] for r in rs]))}
-                                 for s in SUITES} for m, rs in per.items() if rs}
+                                 for s in suites} for m, rs in per.items() if rs}
 
 
 def main(argv=None):
@@ -282,42 +332,37 @@ def main(argv=None):
     rewards = ["sparse", "mentor"] + (["partial", "no_tool_match", "f1"] if args.ablations else [])
     methods = ["base"] + (["warm"] if p["warm_steps"] else []) + ["sft"] + \
         [f"grpo-{r}" for r in rewards]
-    results = {"base": run_eval("base", p["student"], root, p["eval_limit"], gen)}
+    suites = p.get("suites", SUITES)
+    results = {"base": run_eval("base", p["student"], root, p["eval_limit"], gen, suites)}
     # what earlier invocations (other sessions) finished: the table is whole from the first
-    # report on, whichever seed this invocation starts with
-    results.update({f"{m}-s{s}": run_eval(f"{m}-s{s}", None, root, None, gen)
-                    for s in args.seeds for m in methods[1:] if evaluated(root, f"{m}-s{s}")})
-    # and a warm start's partial evaluation (its checkpoint lost mid-evaluation): each suite it
-    # has still measures where that seed's RL runs started (the RL - warm rows, suite by suite)
+    # report on, whichever seed this invocation starts with. A warm start's partial evaluation
+    # (its checkpoint lost mid-evaluation) counts too: each suite it has still measures where
+    # that seed's RL runs started (the RL - warm rows, suite by suite)
     for s in args.seeds:
-        path = os.path.join(root, f"eval_warm-s{s}.json")
-        if f"warm-s{s}" not in results and os.path.exists(path):
-            with open(path) as f:
-                results[f"warm-s{s}"] = json.load(f)
+        for m in methods[1:]:
+            done = load_eval(root, f"{m}-s{s}", suites)
+            if done and (m == "warm" or len(done) == len(suites)):
+                results[f"{m}-s{s}"] = done
 
     def report():
         """table.md and the plots from every evaluation so far (rewritten after each one)."""
-        table, summary = tables(results, methods, args.seeds, p.get("sft_from_warm", False))
-        plot(summary, SUITES, root)
+        table, summary = tables(results, methods, args.seeds, suites,
+                                p.get("sft_from_warm", False))
+        plot(summary, suites, root)
         curves(methods[1:], root, args.seeds)
         with open(os.path.join(root, "table.md"), "w") as f:
-            f.write(table + (
-                f"\n\npreset {args.preset}, seeds {sorted(args.seeds)}; per seed: warm start "
-                f"{p['warm_steps']} SFT steps" + (f" on {p['warm_suite']}" if p.get("warm_suite")
-                                                  else "") + "; sft " +
-                (f"warm start + {p['rl_steps']} SFT steps" if p.get("sft_from_warm") else
-                 f"{p['warm_steps'] + p['rl_steps']} SFT steps") + "; "
-                f"grpo-* warm start + {p['rl_steps']} GRPO steps (equal optimizer steps), "
-                f"drawing up to {cfg.max_sample_batches} batches of questions a step; "
-                f"wall time of this invocation {time.time() - t0:.0f} s\n\n"
-                "Where each run was trained:\n\n" + "\n".join(provenance(root, args.seeds)) + "\n"))
+            f.write(f"{table}\n\npreset {args.preset}, seeds {sorted(args.seeds)}; per seed: "
+                    f"{design(p, cfg)}; wall time of this invocation {time.time() - t0:.0f} s"
+                    "\n\nWhere each run was trained:\n\n" +
+                    "\n".join(provenance(root, args.seeds)) + "\n")
         print(table, flush=True)
 
     if args.report:
         report()
         return
     # A seed at a time, and each run evaluated as soon as it is trained, so that an interrupted
-    # invocation leaves finished evaluations behind (the warm start, shared by the RL runs, last)
+    # invocation leaves finished evaluations behind. The warm start first: every other run of
+    # the seed starts from it, and its scores say whether the seed is worth its hours.
     for seed in args.seeds:
         warm = os.path.join(runs_dir, f"warm-s{seed}") if p["warm_steps"] else None
         # equal optimizer steps: SFT gets the warm start's steps plus as many as RL takes
@@ -330,33 +375,28 @@ def main(argv=None):
                                             warmup_sft_steps=0, steps=p["rl_steps"], seed=seed))
                  for r in sorted(rewards, key=lambda r: r != "mentor")]
         warm_eval = os.path.join(root, f"eval_warm-s{seed}.json")
-        # the warm start is (re)trained only when an RL run still needs it: once a seed's RL
-        # runs are evaluated, a lost warm start stays as its evaluation left it (partial or
-        # none), since a retrained one is not where they began (on another CPU another model,
-        # and on the same kind of CPU it came out different too: warm-s2, README)
-        if warm and not all(evaluated(root, n) for n, kw in todo if kw.get("init") == warm):
-            set_aside_stale_eval(root, f"warm-s{seed}", warm)
-            if not evaluated(root, f"warm-s{seed}"):
-                results.pop(f"warm-s{seed}", None)
-            run_train(dict(common, method="sft", steps=p["warm_steps"], seed=seed, out=warm,
-                           **({"suite": p["warm_suite"]} if p.get("warm_suite") else {})))
-            keep_metrics(warm, root, f"warm-s{seed}")
+        # the warm start is (re)trained only when a run still needs it: once a seed's runs are
+        # evaluated, a lost warm start stays as its evaluation left it (partial or none)
+        if warm and not all(evaluated(root, n, suites) for n, kw in todo if kw.get("init") == warm):
+            retrain_warm(root, f"warm-s{seed}", dict(
+                common, method="sft", steps=p["warm_steps"], seed=seed, out=warm,
+                **({"suite": p["warm_suite"]} if p.get("warm_suite") else {})), results)
+        if warm and os.path.exists(os.path.join(warm, "result.json")):
+            results[f"warm-s{seed}"] = run_eval(f"warm-s{seed}", warm, root, p["eval_limit"],
+                                                 gen, suites)
+            report()
+        elif warm:
+            print(f"warm-s{seed}: its checkpoint is gone and its runs are evaluated; its "
+                  f"evaluation stays as it is ({warm_eval}: "
+                  f"{'partial' if os.path.exists(warm_eval) else 'none'})", flush=True)
         for name, kwargs in todo:
             out = os.path.join(runs_dir, name)
-            if not evaluated(root, name):
+            if not evaluated(root, name, suites):
                 set_aside_stale_eval(root, name, out)
                 run_train(dict(kwargs, out=out))
                 keep_metrics(out, root, name, kwargs.get("init"))
-            results[name] = run_eval(name, out, root, p["eval_limit"], gen)
+            results[name] = run_eval(name, out, root, p["eval_limit"], gen, suites)
             report()
-        if warm and (evaluated(root, f"warm-s{seed}") or
-                     os.path.exists(os.path.join(warm, "result.json"))):   # where RL starts
-            results[f"warm-s{seed}"] = run_eval(f"warm-s{seed}", warm, root, p["eval_limit"], gen)
-            report()
-        elif warm:
-            print(f"warm-s{seed}: its checkpoint is gone and its RL runs are evaluated; its "
-                  f"evaluation stays as it is ({warm_eval}: "
-                  f"{'partial' if os.path.exists(warm_eval) else 'none'})", flush=True)
     print(f"wrote {root}/table.md, accuracy.png, jsd_vs_accuracy.png, training_curves.png")
 
 

@@ -41,7 +41,7 @@ def test_every_problem_shows_one_name_per_math_tool_and_its_solution_still_solve
 
 
 def test_alias_names_are_not_the_out_of_domain_tools(aliases):
-    for ood in ("shop", "dates", "lookup", "retrieval"):
+    for ood in ("shop", "dates", "lookup", "units", "retrieval"):
         assert not set(aliases.tools) & set(load_suite(ood).tools)
 
 

@@ -217,8 +217,8 @@ def fake_replicate(monkeypatch, replicate, preset, runs, report, train, evaluate
 def test_replicate_evaluates_each_run_before_training_the_next(tmp_path, monkeypatch):
     """A seed's runs are each evaluated, and table.md rewritten, right after training, so an
     invocation cut off mid-seed leaves its finished comparisons behind; the warm start (every
-    RL run's init) is evaluated after them. Run again from a clone that has only the report
-    folder, it trains only what has no complete evaluation (and the warm start they need)."""
+    RL run's init) is trained and evaluated first. Run again from a clone that has only the
+    report folder, it trains only what has no complete evaluation (and the warm start they need)."""
     import os
     monkeypatch.syspath_prepend(os.path.join(os.path.dirname(__file__), "..", "experiments"))
     import replicate
@@ -230,7 +230,7 @@ def test_replicate_evaluates_each_run_before_training_the_next(tmp_path, monkeyp
         (tmp_path / "runs" / os.path.basename(kwargs["out"]) / "metrics.jsonl").write_text("{}\n")
         (tmp_path / "runs" / os.path.basename(kwargs["out"]) / "result.json").write_text("{}")
 
-    def fake_eval(name, out, root, limit, gen):
+    def fake_eval(name, out, root, limit, gen, suites):
         events.append(("eval", name))
         res = {s: {"n": 2, "accuracy": 0.5, "tool_jsd": 0.0, "correct": [True, False]}
                for s in replicate.SUITES}
@@ -240,10 +240,10 @@ def test_replicate_evaluates_each_run_before_training_the_next(tmp_path, monkeyp
     fake_replicate(monkeypatch, replicate, "cpu", tmp_path / "runs", report, fake_train, fake_eval,
                    plots=True)
     replicate.main(["--preset", "cpu", "--seeds", "0"])
-    assert events == [("eval", "base"), ("train", "warm-s0", False), ("train", "sft-s0", False),
-                      ("eval", "sft-s0"), ("train", "grpo-mentor-s0", True),   # MENTOR first:
-                      ("eval", "grpo-mentor-s0"), ("train", "grpo-sparse-s0", True),  # in both
-                      ("eval", "grpo-sparse-s0"), ("eval", "warm-s0")]      # comparisons
+    assert events == [("eval", "base"), ("train", "warm-s0", False), ("eval", "warm-s0"),
+                      ("train", "sft-s0", True), ("eval", "sft-s0"),
+                      ("train", "grpo-mentor-s0", True), ("eval", "grpo-mentor-s0"),  # MENTOR
+                      ("train", "grpo-sparse-s0", True), ("eval", "grpo-sparse-s0")]  # first
     assert "| warm | 1 |" in (report / "table.md").read_text()
     assert (report / "metrics_grpo-sparse-s0.jsonl").exists()
     events.clear()
@@ -255,7 +255,7 @@ def test_replicate_evaluates_each_run_before_training_the_next(tmp_path, monkeyp
 def test_replicate_cpu_aliases_trains_every_method_from_the_aliased_warm_start(tmp_path,
                                                                               monkeypatch):
     """cpu-aliases: the warm start trains on the aliased math suite, then SFT, like both RL
-    runs, takes rl_steps steps from it; table.md gets an sft - warm row."""
+    runs, takes rl_steps steps from it; table.md gets an sft - warm row and the units suite."""
     import os
     monkeypatch.syspath_prepend(os.path.join(os.path.dirname(__file__), "..", "experiments"))
     import replicate
@@ -267,9 +267,8 @@ def test_replicate_cpu_aliases_trains_every_method_from_the_aliased_warm_start(t
         for f, text in (("metrics.jsonl", "{}\n"), ("result.json", "{}"), ("run.json", "{}")):
             (tmp_path / "runs" / os.path.basename(kwargs["out"]) / f).write_text(text)
 
-    def fake_eval(name, out, root, limit, gen):
-        res = {s: {"n": 2, "accuracy": 0.5, "tool_jsd": 0.0, "correct": [1, 0]}
-               for s in replicate.SUITES}
+    def fake_eval(name, out, root, limit, gen, suites):
+        res = {s: {"n": 2, "accuracy": 0.5, "tool_jsd": 0.0, "correct": [1, 0]} for s in suites}
         replicate.write_json(os.path.join(root, f"eval_{name}.json"), res)
         return res
     fake_replicate(monkeypatch, replicate, "cpu-aliases", tmp_path / "runs", report, fake_train,
@@ -283,6 +282,7 @@ def test_replicate_cpu_aliases_trains_every_method_from_the_aliased_warm_start(t
         assert trained[name].get("suite", "math") == "math"          # math itself from there
     table = (report / "table.md").read_text()
     assert "| sft - warm | 1 |" in table and "sft warm start + 10 SFT steps" in table
+    assert "units acc (n=2)" in table                   # the suite a tool-list reader can reach
     assert "sft-s0: machine not recorded (from warm-s0 as in metrics_warm-s0.jsonl)" in table
 
 
@@ -309,7 +309,7 @@ def test_replicate_tables_every_finished_evaluation(tmp_path, monkeypatch):
         tables_seen.append((os.path.basename(kwargs["out"]), (report / "table.md").read_text()
                             if (report / "table.md").exists() else ""))
 
-    def fake_eval(name, out, root, limit, gen):
+    def fake_eval(name, out, root, limit, gen, suites):
         replicate.write_json(os.path.join(root, f"eval_{name}.json"), res)
         return res
     fake_replicate(monkeypatch, replicate, "cpu", tmp_path / "runs", report, fake_train, fake_eval)
@@ -372,7 +372,7 @@ def test_replicate_sets_aside_a_partial_evaluation_of_a_lost_checkpoint(tmp_path
     assert json.loads((report / "eval_grpo-sparse-s0.stale.json").read_text()) == old
     new = json.loads((report / "eval_grpo-sparse-s0.json").read_text())
     assert all(new[s]["accuracy"] == 0.5 for s in replicate.SUITES)
-    warm_sha = replicate.file_sha(str(report / "metrics_warm-s0.jsonl"))
+    warm_sha = replicate.losses_sha(str(report / "metrics_warm-s0.jsonl"))
     for name in ("grpo-sparse-s0", "grpo-mentor-s0"):
         assert json.loads((report / f"run_{name}.json").read_text())["init_sha"] == warm_sha
     table = (report / "table.md").read_text()
@@ -380,6 +380,39 @@ def test_replicate_sets_aside_a_partial_evaluation_of_a_lost_checkpoint(tmp_path
     # another warm start (retrained elsewhere) is named as such
     (report / "metrics_warm-s0.jsonl").write_text('{"sft_loss": 1.5}\n')
     assert "(from another warm start, " in "\n".join(replicate.provenance(str(report), [0]))
+
+
+def test_a_retrained_warm_start_keeps_its_evaluation_only_with_the_same_losses(tmp_path,
+                                                                                monkeypatch):
+    """A later session retrains a lost warm start. With the recorded SFT losses (timings aside)
+    it is the same model and its evaluation stands; with other losses the old evaluation is
+    kept aside as eval_warm-s0.stale.json and the new warm start gets its own."""
+    import json
+    import os
+    monkeypatch.syspath_prepend(os.path.join(os.path.dirname(__file__), "..", "experiments"))
+    import replicate
+    root, out = tmp_path / "results", tmp_path / "runs" / "warm-s0"
+    root.mkdir()
+    losses = [1.0850736574295463, 0.5721851634543117]
+
+    def fake_train(cfg_kwargs):
+        os.makedirs(cfg_kwargs["out"], exist_ok=True)
+        with open(os.path.join(cfg_kwargs["out"], "metrics.jsonl"), "w") as f:
+            for i, loss in enumerate(losses):      # a new session: other step times
+                f.write(json.dumps({"phase": "sft", "step": i + 1, "sft_loss": loss,
+                                    "step_time": 20.0 + len(os.listdir(root))}) + "\n")
+    monkeypatch.setattr(replicate, "run_train", fake_train)
+    replicate.retrain_warm(str(root), "warm-s0", {"out": str(out)}, {})
+    first = replicate.losses_sha(str(root / "metrics_warm-s0.jsonl"))
+    replicate.write_json(str(root / "eval_warm-s0.json"), {"math": {"accuracy": 0.4}})
+    results = {"warm-s0": {"math": {"accuracy": 0.4}}}
+    replicate.retrain_warm(str(root), "warm-s0", {"out": str(out)}, results)       # the same
+    assert replicate.losses_sha(str(root / "metrics_warm-s0.jsonl")) == first
+    assert (root / "eval_warm-s0.json").exists() and "warm-s0" in results
+    losses[1] += 1e-12                                                          # another model
+    replicate.retrain_warm(str(root), "warm-s0", {"out": str(out)}, results)
+    assert not (root / "eval_warm-s0.json").exists() and "warm-s0" not in results
+    assert json.loads((root / "eval_warm-s0.stale.json").read_text())["math"]["accuracy"] == 0.4
 
 
 def test_paired_bootstrap_ci_by_hand():

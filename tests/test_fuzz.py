@@ -20,7 +20,7 @@ from tasks import answers_match, extract_boxed, load_suite
 CASES = 2_500
 FUZZ = settings(max_examples=CASES, deadline=1000, derandomize=True, database=None,
                 suppress_health_check=list(HealthCheck))
-TOOLS = {name: fn for s in ("math", "shop", "dates", "lookup", "retrieval")
+TOOLS = {name: fn for s in ("math", "shop", "dates", "lookup", "units", "retrieval")
          for name, fn in load_suite(s).tools.items()}
 NAMES = sorted(TOOLS) + ["__import__", "eval", "exec", "open", "os.system", "", "a" * 300,
                          "add; rm -rf /", "../../etc/passwd", "\x00", "\ud800", "😀" * 50]

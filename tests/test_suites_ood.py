@@ -1,4 +1,4 @@
-"""The out-of-domain suites `shop`, `dates` and `lookup`: they load, never overlap training, their
+"""The out-of-domain suites `shop`, `dates`, `lookup` and `units`: they load, never overlap training, their
 reference answers score correct and their tools hold against hostile calls."""
 import json
 import time
@@ -9,7 +9,7 @@ from tools import execute_tool_call
 from tasks import answers_match, extract_boxed, load_suite
 from teacher import reference_messages
 
-OOD = ["shop", "dates", "lookup"]
+OOD = ["shop", "dates", "lookup", "units"]
 
 
 @pytest.fixture(scope="module", params=OOD)
@@ -80,6 +80,14 @@ HOSTILE = {
         ('{"name": "company_founder", "arguments": {"company": ["a", "b"]}}', "must be a str"),
         ('{"name": "product_maker", "arguments": {}}', "missing"),
         ('{"name": "trade_of", "arguments": {"person": "x", "town": "y"}}', "unexpected"),
+    ],
+    "units": [
+        ('{"name": "kilometers_to_miles", "arguments": {"kilometers": 1e308}}', "range"),
+        ('{"name": "celsius_to_fahrenheit", "arguments": {"celsius": Infinity}}',
+         "not a valid argument"),
+        ('{"name": "liters_to_gallons", "arguments": {"liters": "ten"}}', "must be a"),
+        ('{"name": "inches_to_centimeters", "arguments": {}}', "missing"),
+        ('{"name": "kilograms_to_pounds", "arguments": {"kilograms": 5, "grams": 3}}', "unexpected"),
     ],
 }
 

@@ -1,19 +1,15 @@
-"""A tried out-of-domain suite, kept as an experiment: unit conversions, one tool call each.
+"""Built-in `units` suite (out of domain): unit conversions, one tool call each.
 
-    python evaluate.py --model RUN --suite experiments/suite_units.py --max-new-tokens 64 \
-        --max-total-tokens 192
-
-Written to be the easiest out-of-domain suite a warm-started 135M student could reach (5-50%
-is the aim); the 18-step warm start scored 0.000 on all 200 problems, with no valid call at all
-(results/warm-start-ood-units.json), so it is not among the built-in suites.
-
-A bring-your-own suite (README) that no training run sees: its tools, their
+A bring-your-own suite (README) that no training run sees: its five tools, their
 names, argument names and the phrasing appear nowhere in `math`. Each question
 asks for one conversion whose tool is named after it ("How many miles is 12
 kilometers?" -> kilometers_to_miles); the factors live inside the tools and the
-results are rounded to 2 decimals, so the answer cannot be recited. It was meant as the
-easiest out-of-domain suite: what it asks of a student is to read the tool list
-and pick the tool that fits, nothing more.
+results are rounded to 2 decimals, so the answer cannot be recited. It is the
+easiest out-of-domain suite: what it asks of a student is to read the tool list and
+pick the tool that fits, nothing more. A student warm-started on plain math scored
+0.000 on it (n=200, results/warm-start-ood-units.json: it calls the math tools it
+learnt by name); one warm-started on math under per-problem tool names scored
+0.410 and 0.335 (two seeds, results/alias-warm-start/).
 Each problem carries `solution`, the call that computes its answer.
 """
 import math
