@@ -35,7 +35,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from tqdm import tqdm
 
-from model import PRECISIONS, ModelNotAvailable, compute_dtype, load_model, machine, pick_device
+from model import (PRECISIONS, ModelNotAvailable, compute_dtype, load_model, machine, pick_device,
+                   release_memory)
 from rollout import generate_rollouts
 from teacher import apply_teacher_tools
 from tasks import load_suite
@@ -168,6 +169,7 @@ def evaluate_model(name_or_path, suites, limit=None, device=None, precision="aut
     suites scored on their test split (default: the one a run folder trained on). `on_suite`:
     called with the results so far after each suite (replicate.py saves them)."""
     trained_on = trained_suites(name_or_path) if trained_on is None else trained_on
+    release_memory()            # what a training in this process left (replicate.py) goes back
     device = pick_device(device)                 # weights in the dtype train.py samples in
     tok, model = load_model(name_or_path, device=device, dtype=compute_dtype(device, precision))
     results = {}

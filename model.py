@@ -17,6 +17,8 @@ Log-probs of finished sequences and sampling with a KV cache are engine.py's
 (second reading): `engine.logprobs` / `engine.backward` and `engine.generate`.
 """
 import copy
+import ctypes
+import gc
 import importlib.util
 import json
 import os
@@ -76,6 +78,20 @@ def compute_dtype(device, precision="auto"):
     fast = torch.backends.cpu.get_cpu_capability().startswith("AVX512") \
         and torch.ops.mkldnn._is_mkldnn_bf16_supported()
     return torch.bfloat16 if fast else torch.float32
+
+
+def release_memory():
+    """Give the memory of freed tensors back to the OS. glibc keeps freed heap pages for
+    reuse, so a process that has trained keeps its training peak: after 3 SFT steps on the
+    aliased math suite one held 10.5 GB though its live tensors needed 0.6 GB (gc.collect()
+    freed nothing, malloc_trim all of it; 2-core AVX-512, bf16). replicate.py trains and then
+    evaluates in one process: without this its evaluation ran beside 8 GB of dead heap, and
+    a test run beside a paused replication (17.7 GB) got it killed for memory."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):       # not glibc (macOS, musl): nothing to trim
+        pass
 
 
 def machine(device=None, precision="auto"):

@@ -52,7 +52,7 @@ from distributed import (all_sum, barrier, clip_grad_norm, full_state, gather, i
 from engine import backward, logprobs, make_batch
 from evaluate import is_correct, paired_bootstrap_ci, plot_training, rollout_metrics
 from model import (CHECKPOINT_FILE, DEFAULT_STUDENT, PRECISIONS, ModelNotAvailable,
-                   compute_dtype, load_model, machine, rollout_weights)
+                   compute_dtype, load_model, machine, release_memory, rollout_weights)
 from reward import VARIANTS, compute_reward
 from rollout import encode_prompt, generate_rollouts, trajectory_ids
 from tasks import SuiteError, load_suite
@@ -479,6 +479,7 @@ def held_out(evals, name, model, tok, suite, test_set, cfg, path):
     if name not in evals:
         policy = unsharded(model)                         # every rank: a collective under --fsdp
         if is_main():                                     # the other ranks wait
+            release_memory()                              # the training steps' dead heap
             evals[name] = accuracy(policy, tok, suite, test_set, cfg)
             write_json(path, evals)
     barrier()
