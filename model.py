@@ -83,8 +83,8 @@ def compute_dtype(device, precision="auto"):
 def release_memory():
     """Give the memory of freed tensors back to the OS. glibc keeps freed heap pages for
     reuse, so a process that has trained keeps its training peak: after 3 SFT steps on the
-    aliased math suite one held 10.5 GB though its live tensors needed 0.6 GB (gc.collect()
-    freed nothing, malloc_trim all of it; 2-core AVX-512, bf16). replicate.py trains and then
+    aliased math suite one held 10.5 GB, and 0.6 GB after malloc_trim (gc.collect() alone
+    freed nothing; 2-core AVX-512, bf16). replicate.py trains and then
     evaluates in one process: without this its evaluation ran beside 8 GB of dead heap, and
     a test run beside a paused replication (17.7 GB) got it killed for memory."""
     gc.collect()
