@@ -29,7 +29,11 @@ enough to commit. It resumes from both: a run whose evaluation is complete in re
 trained again (so a fresh clone continues where the committed results stop), a finished run
 (result.json) is not trained again, an unfinished one continues from its checkpoint, and an
 evaluation redoes only the suites it had not saved. A warm start retrained in another session
-is the same one only if its SFT losses are (losses_sha): then its evaluation stands.
+is the same one only if its SFT losses are (losses_sha): then its evaluation stands. Another
+kind of CPU computes other losses from the first step, so the retraining is checked after
+CHECK_STEPS steps: a seed whose runs started from the recorded warm start is then left for a
+machine that reproduces it (nothing is mixed), and table.md pairs two runs only when they
+started from the same warm start.
 """
 import argparse
 import hashlib
@@ -90,16 +94,28 @@ def run_train(cfg_kwargs):
     train(Config(**cfg_kwargs, resume=os.path.exists(os.path.join(out, "checkpoint.pt"))))
 
 
+def set_aside(root, filename):
+    """Move root/filename out of the way as its .stale copy, never over an earlier one
+    (eval_x.json -> eval_x.stale.json, then eval_x.stale-2.json, ...); returns the new name."""
+    stem, ext = os.path.splitext(filename)
+    k, dst = 1, f"{stem}.stale{ext}"
+    while os.path.exists(os.path.join(root, dst)):
+        k += 1
+        dst = f"{stem}.stale-{k}{ext}"
+    os.replace(os.path.join(root, filename), os.path.join(root, dst))
+    return dst
+
+
 def set_aside_stale_eval(root, name, out):
     """A partial eval_{name}.json whose run has no finished checkpoint (a fresh clone: runs/
     is gone) scored a model that no longer exists; the run about to be trained is another one
     (on another kind of CPU even bit-for-bit another), so its suites must not be mixed with
     the old ones. The old file is kept as eval_{name}.stale.json and the evaluation starts over."""
-    path = os.path.join(root, f"eval_{name}.json")
-    if os.path.exists(path) and not os.path.exists(os.path.join(out, "result.json")):
-        os.replace(path, os.path.join(root, f"eval_{name}.stale.json"))
+    if os.path.exists(os.path.join(root, f"eval_{name}.json")) and \
+            not os.path.exists(os.path.join(out, "result.json")):
+        kept = set_aside(root, f"eval_{name}.json")
         print(f"{name}: its checkpoint is gone; the partial evaluation of the old one is kept "
-              f"as eval_{name}.stale.json and {name} is trained and evaluated anew", flush=True)
+              f"as {kept} and {name} is trained and evaluated anew", flush=True)
 
 
 def evaluated(root, name, suites=SUITES):
@@ -112,35 +128,106 @@ def file_sha(path):
         return hashlib.sha256(f.read()).hexdigest()[:16]
 
 
+def sft_losses(path):
+    """The rows of a metrics.jsonl without their timings: every SFT loss to 17 digits."""
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [{k: v for k, v in json.loads(line).items() if not k.endswith("time")}
+                for line in f if line.strip()]
+
+
 def losses_sha(path):
     """A warm start's identity: the hash of its metrics.jsonl without the timings, i.e. every
     SFT loss to 17 digits. Two trainings with the same hash made, beyond reasonable doubt, the
     same model (on one kind of CPU in fp32, SFT here is deterministic: README)."""
+    return hashlib.sha256(json.dumps(sft_losses(path), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def warm_identity(root, name):
+    """The ids a run trained from warm start `name` may carry as its init_sha (the hash of
+    the losses; runs recorded before that carry the file's hash); empty if none is recorded."""
+    path = os.path.join(root, f"metrics_{name}.jsonl")
+    return {file_sha(path), losses_sha(path)} if os.path.exists(path) else set()
+
+
+def started_from(root, name):
+    """The warm start a run began from, as a set of ids: a warm start is its own; an RL run
+    (or cpu-aliases' SFT) has its init_sha; None where nothing says (the cpu preset's SFT
+    starts from the base model; seed 0's first runs predate init_sha)."""
+    if name.startswith("warm-"):
+        return warm_identity(root, name) or None
+    path = os.path.join(root, f"run_{name}.json")
+    if not os.path.exists(path):
+        return None
     with open(path) as f:
-        rows = [{k: v for k, v in json.loads(line).items() if not k.endswith("time")}
-                for line in f if line.strip()]
-    return hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()[:16]
+        init = json.load(f).get("init_sha")
+    return {init} if init else None
 
 
-def retrain_warm(root, name, cfg_kwargs, results):
-    """Train (or finish) the seed's warm start. When an earlier session recorded one
-    (metrics_{name}.jsonl) and this one came out with other SFT losses, it is another model:
-    the old evaluation is kept aside as eval_{name}.stale.json, and the runs trained from the
-    old one keep their init_sha, so table.md shows which runs share a warm start."""
+# A retrained warm start is compared with the recorded one after this many SFT steps: on
+# another kind of CPU the losses part at the first step (AVX2 fp32 against AVX-512 bf16:
+# 0.595 against 0.627 at step 2), so a retraining that cannot give the same model stops after
+# minutes instead of hours (30 aliased steps are 87 min on AVX2).
+CHECK_STEPS = 2
+
+
+def retrain_warm(root, name, cfg_kwargs, results, seed_runs=()):
+    """Train (or finish) the seed's warm start; True when the seed can go on from it here.
+
+    An earlier session may have recorded it (metrics_{name}.jsonl). The first CHECK_STEPS
+    steps are trained and their losses compared with the record before the rest: equal, it
+    is the same model, and at the end the whole record must match too. Another model (this
+    kind of CPU computes other losses) is handled by what was trained from the old one:
+    - runs of the seed (`seed_runs`) started from it: it cannot be replaced, since they pair
+      with each other only through it. Nothing is written, the retrained folder is removed,
+      and False says to leave the seed to a machine that reproduces the record;
+    - none: the old evaluation, metrics and settings are set aside as .stale files and the
+      new warm start takes its place (its runs will pair with each other).
+    """
+    out = cfg_kwargs["out"]
     recorded = os.path.join(root, f"metrics_{name}.jsonl")
-    before = losses_sha(recorded) if os.path.exists(recorded) else None
-    run_train(cfg_kwargs)
-    keep_metrics(cfg_kwargs["out"], root, name)
-    after = losses_sha(recorded) if os.path.exists(recorded) else None
-    if before and before == after:
-        print(f"{name}: the same SFT losses as recorded ({after}): the same warm start", flush=True)
-        return
-    path = os.path.join(root, f"eval_{name}.json")
-    if os.path.exists(path):
-        os.replace(path, os.path.join(root, f"eval_{name}.stale.json"))
+    record, mine = sft_losses(recorded), os.path.join(out, "metrics.jsonl")
+    check = min(CHECK_STEPS, cfg_kwargs["steps"])
+    if record and not os.path.exists(os.path.join(out, "result.json")) and \
+            len(sft_losses(mine)) < check:
+        run_train(dict(cfg_kwargs, steps=check))         # the first steps alone...
+        os.remove(os.path.join(out, "result.json"))      # ...then the same run goes on
+    if record and sft_losses(mine)[:check] == record[:check]:
+        run_train(cfg_kwargs)
+    if record and sft_losses(mine) == record:       # the record stands as it is (runs may
+        print(f"{name}: the same SFT losses as recorded ({losses_sha(recorded)}): the same "
+              f"warm start", flush=True)              # carry its file's hash)
+        return True
+    if record:
+        old = warm_identity(root, name)
+        bound = [r for r in seed_runs if (started_from(root, r) or set()) & old]
+        got = sft_losses(mine)[:check]
+        where = f"(step 1 loss {got[0].get('sft_loss') if got else None} against the " \
+                f"recorded {record[0].get('sft_loss')})"
+        if bound:
+            shutil.rmtree(out, ignore_errors=True)
+            print(f"{name}: this machine trains another warm start {where}, and "
+                  f"{', '.join(bound)} started from the recorded one: seed left as it is, for "
+                  f"a machine that reproduces it ({run_machine(root, name)})", flush=True)
+            return False
+        for f in (f"eval_{name}.json", f"metrics_{name}.jsonl", f"run_{name}.json"):
+            if os.path.exists(os.path.join(root, f)):
+                print(f"{name}: another model {where}; {f} kept as {set_aside(root, f)}",
+                      flush=True)
         results.pop(name, None)
-        print(f"{name}: retrained with other SFT losses ({before} -> {after}), another model; "
-              f"its old evaluation is kept as eval_{name}.stale.json", flush=True)
+    run_train(cfg_kwargs)
+    keep_metrics(out, root, name)
+    return True
+
+
+def run_machine(root, name):
+    """Where run `name` was trained, as its run_{name}.json says."""
+    path = os.path.join(root, f"run_{name}.json")
+    if not os.path.exists(path):
+        return "machine not recorded"
+    with open(path) as f:
+        return json.load(f).get("machine", "machine not recorded")
 
 
 def keep_metrics(out, root, name, init=None):
@@ -175,9 +262,7 @@ def provenance(root, seeds):
                     runs[f[len("run_"):-len(".json")]] = json.load(fh)
         if not runs:
             continue
-        warm_metrics = os.path.join(root, f"metrics_warm-s{seed}.jsonl")
-        warm = ({file_sha(warm_metrics), losses_sha(warm_metrics)}
-                if os.path.exists(warm_metrics) else set())
+        warm = warm_identity(root, f"warm-s{seed}")
         parts = []
         for name, run in runs.items():
             part = f"{name}: {run.get('machine', 'machine not recorded')}"
@@ -267,8 +352,17 @@ def design(p, cfg):
             f"optimizer steps), drawing up to {cfg.max_sample_batches} batches of questions a step")
 
 
-def tables(results, methods, seeds, suites=SUITES, sft_from_warm=False):
-    """Markdown: mean ± std over seeds per method and suite; paired bootstrap CIs."""
+def paired(starts, a, b):
+    """May runs a and b be compared as a pair? Not when both say where they started and it is
+    not the same warm start (a seed retrained elsewhere: its new runs pair with each other)."""
+    sa, sb = starts.get(a), starts.get(b)
+    return sa is None or sb is None or bool(sa & sb)
+
+
+def tables(results, methods, seeds, suites=SUITES, sft_from_warm=False, starts=None):
+    """Markdown: mean ± std over seeds per method and suite; paired bootstrap CIs over the
+    seeds whose two runs started from the same warm start (starts: {run: started_from})."""
+    starts = starts or {}
     per = {m: [results["base"]] if m == "base" else [results[f"{m}-s{s}"] for s in seeds
                                                       if set(suites) <= set(results.get(f"{m}-s{s}", {}))]
            for m in methods}
@@ -288,7 +382,8 @@ def tables(results, methods, seeds, suites=SUITES, sft_from_warm=False):
                  ("grpo-mentor", "warm"), ("grpo-sparse", "warm")) + \
             ((("sft", "warm"),) if sft_from_warm else ()):
         both = {suite: [s for s in seeds if suite in results.get(f"{a}-s{s}", {})
-                        and suite in results.get(f"{b}-s{s}", {})] for suite in suites}
+                        and suite in results.get(f"{b}-s{s}", {})
+                        and paired(starts, f"{a}-s{s}", f"{b}-s{s}")] for suite in suites}
         most = max(map(len, both.values()))
         if not most:
             continue
@@ -347,7 +442,8 @@ def main(argv=None):
     def report():
         """table.md and the plots from every evaluation so far (rewritten after each one)."""
         table, summary = tables(results, methods, args.seeds, suites,
-                                p.get("sft_from_warm", False))
+                                p.get("sft_from_warm", False),
+                                {name: started_from(root, name) for name in results})
         plot(summary, suites, root)
         curves(methods[1:], root, args.seeds)
         with open(os.path.join(root, "table.md"), "w") as f:
@@ -375,12 +471,18 @@ def main(argv=None):
                                             warmup_sft_steps=0, steps=p["rl_steps"], seed=seed))
                  for r in sorted(rewards, key=lambda r: r != "mentor")]
         warm_eval = os.path.join(root, f"eval_warm-s{seed}.json")
-        # the warm start is (re)trained only when a run still needs it: once a seed's runs are
-        # evaluated, a lost warm start stays as its evaluation left it (partial or none)
-        if warm and not all(evaluated(root, n, suites) for n, kw in todo if kw.get("init") == warm):
-            retrain_warm(root, f"warm-s{seed}", dict(
-                common, method="sft", steps=p["warm_steps"], seed=seed, out=warm,
-                **({"suite": p["warm_suite"]} if p.get("warm_suite") else {})), results)
+        # the warm start is (re)trained while a run still needs it or its own evaluation is
+        # unfinished; a machine that cannot reproduce it leaves the seed after CHECK_STEPS steps
+        # (unfinished and unrecorded: nothing to check a retrained one against, so it stays)
+        seed_runs = [n for n, kw in todo if kw.get("init") == warm]
+        if warm and (not all(evaluated(root, n, suites) for n in seed_runs) or (
+                not evaluated(root, f"warm-s{seed}", suites)
+                and os.path.exists(os.path.join(root, f"metrics_warm-s{seed}.jsonl")))):
+            if not retrain_warm(root, f"warm-s{seed}", dict(
+                    common, method="sft", steps=p["warm_steps"], seed=seed, out=warm,
+                    **({"suite": p["warm_suite"]} if p.get("warm_suite") else {})), results,
+                    seed_runs):
+                continue
         if warm and os.path.exists(os.path.join(warm, "result.json")):
             results[f"warm-s{seed}"] = run_eval(f"warm-s{seed}", warm, root, p["eval_limit"],
                                                  gen, suites)

@@ -384,35 +384,128 @@ def test_replicate_sets_aside_a_partial_evaluation_of_a_lost_checkpoint(tmp_path
 
 def test_a_retrained_warm_start_keeps_its_evaluation_only_with_the_same_losses(tmp_path,
                                                                                 monkeypatch):
-    """A later session retrains a lost warm start. With the recorded SFT losses (timings aside)
-    it is the same model and its evaluation stands; with other losses the old evaluation is
-    kept aside as eval_warm-s0.stale.json and the new warm start gets its own."""
+    """A later session retrains a lost warm start, its first CHECK_STEPS steps first. With the
+    recorded SFT losses (timings aside) it is the same model and its evaluation stands; with
+    other losses and no run trained from the old one, the old evaluation, metrics and settings
+    are kept aside (an earlier .stale file is not overwritten) and the new one takes over."""
     import json
     import os
     monkeypatch.syspath_prepend(os.path.join(os.path.dirname(__file__), "..", "experiments"))
     import replicate
     root, out = tmp_path / "results", tmp_path / "runs" / "warm-s0"
     root.mkdir()
-    losses = [1.0850736574295463, 0.5721851634543117]
+    losses, steps_trained = [1.0850736574295463, 0.5721851634543117, 0.31], []
 
-    def fake_train(cfg_kwargs):
+    def fake_train(cfg_kwargs):                    # writes the first `steps` losses, done
+        steps_trained.append(cfg_kwargs["steps"])
         os.makedirs(cfg_kwargs["out"], exist_ok=True)
         with open(os.path.join(cfg_kwargs["out"], "metrics.jsonl"), "w") as f:
-            for i, loss in enumerate(losses):      # a new session: other step times
+            for i, loss in enumerate(losses[:cfg_kwargs["steps"]]):   # other step times
                 f.write(json.dumps({"phase": "sft", "step": i + 1, "sft_loss": loss,
                                     "step_time": 20.0 + len(os.listdir(root))}) + "\n")
+        (out / "run.json").write_text(json.dumps({"machine": f"CPU {losses[1]}"}))
+        (out / "result.json").write_text("{}")
     monkeypatch.setattr(replicate, "run_train", fake_train)
-    replicate.retrain_warm(str(root), "warm-s0", {"out": str(out)}, {})
-    first = replicate.losses_sha(str(root / "metrics_warm-s0.jsonl"))
+    cfg = {"out": str(out), "steps": 3}
+    assert replicate.retrain_warm(str(root), "warm-s0", cfg, {})           # nothing recorded
+    assert steps_trained == [3]
+    first = (root / "metrics_warm-s0.jsonl").read_text()
     replicate.write_json(str(root / "eval_warm-s0.json"), {"math": {"accuracy": 0.4}})
+    (root / "eval_warm-s0.stale.json").write_text('{"an": "older one"}')
     results = {"warm-s0": {"math": {"accuracy": 0.4}}}
-    replicate.retrain_warm(str(root), "warm-s0", {"out": str(out)}, results)       # the same
-    assert replicate.losses_sha(str(root / "metrics_warm-s0.jsonl")) == first
+    steps_trained.clear()
+    import shutil
+    shutil.rmtree(out)                                                     # a new session
+    assert replicate.retrain_warm(str(root), "warm-s0", cfg, results)      # the same
+    assert steps_trained == [2, 3]                            # checked after 2, then the rest
+    # the record stands byte for byte (its step times too): runs may carry the file's hash
+    assert (root / "metrics_warm-s0.jsonl").read_text() == first
     assert (root / "eval_warm-s0.json").exists() and "warm-s0" in results
-    losses[1] += 1e-12                                                          # another model
-    replicate.retrain_warm(str(root), "warm-s0", {"out": str(out)}, results)
+    shutil.rmtree(out)
+    losses[1] += 1e-12                                                     # another model
+    assert replicate.retrain_warm(str(root), "warm-s0", cfg, results)
     assert not (root / "eval_warm-s0.json").exists() and "warm-s0" not in results
-    assert json.loads((root / "eval_warm-s0.stale.json").read_text())["math"]["accuracy"] == 0.4
+    assert (root / "eval_warm-s0.stale.json").read_text() == '{"an": "older one"}'
+    assert json.loads((root / "eval_warm-s0.stale-2.json").read_text())["math"]["accuracy"] == 0.4
+    assert replicate.sft_losses(str(root / "metrics_warm-s0.stale.jsonl"))[1]["sft_loss"] == \
+        0.5721851634543117
+    assert replicate.sft_losses(str(root / "metrics_warm-s0.jsonl"))[1]["sft_loss"] == losses[1]
+    assert (root / "run_warm-s0.stale.json").exists()
+
+
+def test_a_warm_start_this_machine_cannot_reproduce_leaves_its_seed_alone(tmp_path,
+                                                                          monkeypatch):
+    """Runs of seed 0 started from a recorded warm start that this machine trains otherwise:
+    after CHECK_STEPS steps the retraining stops, nothing in results/ changes, and the seed's
+    other runs are not trained (they would pair with runs from another warm start); seed 1,
+    with nothing recorded, is trained. A divergence after the check stops it too."""
+    import json
+    import os
+    monkeypatch.syspath_prepend(os.path.join(os.path.dirname(__file__), "..", "experiments"))
+    import replicate
+    report, runs = tmp_path / "results", tmp_path / "runs"
+    report.mkdir()
+    recorded = [{"phase": "sft", "step": i + 1, "sft_loss": x, "step_time": 3.0}
+                for i, x in enumerate([1.05, 0.62, 0.41])]
+    (report / "metrics_warm-s0.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recorded))
+    (report / "run_warm-s0.json").write_text('{"machine": "2 CPU cores (AVX512), bf16"}')
+    sha = replicate.losses_sha(str(report / "metrics_warm-s0.jsonl"))
+    res = {s: {"n": 2, "accuracy": 0.5, "tool_jsd": 0.0, "correct": [1, 0]}
+           for s in replicate.PRESETS["cpu-aliases"]["suites"]}
+    for name in ("warm-s0", "sft-s0", "grpo-mentor-s0"):
+        replicate.write_json(str(report / f"eval_{name}.json"), res)
+    for name in ("sft-s0", "grpo-mentor-s0"):
+        (report / f"run_{name}.json").write_text(json.dumps({"init_sha": sha}))
+    before = {f: (report / f).read_text() for f in os.listdir(report)}
+    mine, trained = [1.05, 0.595, 0.41], []
+
+    def fake_train(kwargs):
+        trained.append((os.path.basename(kwargs["out"]), kwargs["steps"]))
+        os.makedirs(kwargs["out"], exist_ok=True)
+        with open(os.path.join(kwargs["out"], "metrics.jsonl"), "w") as f:
+            for i, x in enumerate(mine[:kwargs["steps"]]):
+                f.write(json.dumps({"phase": "sft", "step": i + 1, "sft_loss": x}) + "\n")
+        for f in ("result.json", "run.json"):
+            with open(os.path.join(kwargs["out"], f), "w") as fh:
+                fh.write("{}")
+
+    def fake_eval(name, out, root, limit, gen, suites):
+        replicate.write_json(os.path.join(root, f"eval_{name}.json"), res)
+        return res
+    fake_replicate(monkeypatch, replicate, "cpu-aliases", runs, report, fake_train, fake_eval)
+    replicate.main(["--preset", "cpu-aliases", "--seeds", "0", "1"])
+    assert trained[0] == ("warm-s0", 2) and not (runs / "warm-s0").exists()
+    assert [t for t, _ in trained[1:]] == ["warm-s1", "sft-s1", "grpo-mentor-s1",
+                                           "grpo-sparse-s1"]                    # seed 1 whole
+    assert all((report / f).read_text() == text for f, text in before.items()
+               if f != "table.md")                                  # seed 0 untouched
+    assert not (report / "eval_grpo-sparse-s0.json").exists()
+    # the same after the check: a later step parts (step 3), the seed is left alone too
+    mine[1:], trained[:] = [0.62, 0.40], []
+    replicate.main(["--preset", "cpu-aliases", "--seeds", "0"])
+    assert trained == [("warm-s0", 2), ("warm-s0", 30)] and not (runs / "warm-s0").exists()
+    assert (report / "metrics_warm-s0.jsonl").read_text() == before["metrics_warm-s0.jsonl"]
+
+
+def test_runs_from_different_warm_starts_are_not_paired(tmp_path):
+    """Seed 1's sparse run started from another warm start than its MENTOR run: the MENTOR -
+    sparse CI uses seed 0 alone; runs that do not say where they started still pair."""
+    import os
+    import sys
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "experiments"))
+    import replicate
+    ok = {"math": {"n": 2, "accuracy": 1.0, "tool_jsd": 0.0, "correct": [1, 1]}}
+    bad = {"math": {"n": 2, "accuracy": 0.0, "tool_jsd": 0.0, "correct": [0, 0]}}
+    results = {"base": bad, "grpo-mentor-s0": ok, "grpo-sparse-s0": bad,
+               "grpo-mentor-s1": ok, "grpo-sparse-s1": ok}
+    starts = {"grpo-mentor-s0": None, "grpo-sparse-s0": {"a"},
+              "grpo-mentor-s1": {"a"}, "grpo-sparse-s1": {"b"}}
+    table, _ = replicate.tables(results, ["base", "grpo-sparse", "grpo-mentor"], [0, 1],
+                                ["math"], starts=starts)
+    row = next(line for line in table.splitlines() if line.startswith("| grpo-mentor - grpo-sparse"))
+    assert row == "| grpo-mentor - grpo-sparse | 1 | +1.000 [+1.000, +1.000] |"
+    table, _ = replicate.tables(results, ["base", "grpo-sparse", "grpo-mentor"], [0, 1], ["math"])
+    assert "| grpo-mentor - grpo-sparse | 2 | +0.500" in table      # nothing recorded: paired
 
 
 def test_paired_bootstrap_ci_by_hand():
