@@ -100,23 +100,13 @@ def test_dynamic_sampling_draws_until_enough_groups_have_signal(math_suite, monk
 
 
 def test_sft_baseline_lowers_its_loss(tmp_path):
+    """method sft end to end: two steps of two trajectories (the first step's loss is about
+    1.1-1.3 on the base model, the second about 0.5), one checkpoint, the evaluations."""
     out = str(tmp_path / "sft")
-    train.train(Config(**dict(TINY, sft_batch_size=4), method="sft", steps=4, out=out))
+    result = train.train(Config(**dict(TINY, save_every=2), method="sft", steps=2, out=out))
     losses = [r["sft_loss"] for r in metrics(out)]
-    assert len(losses) == 4 and losses[-1] < losses[0]
-
-
-def test_resume_reproduces_the_next_step(tmp_path):
-    cfg = dict(TINY, warmup_sft_steps=0, steps=2, kl_coef=0.001)
-    full = str(tmp_path / "full")
-    train.train(Config(**cfg, out=full))
-    part = str(tmp_path / "part")
-    train.train(Config(**dict(cfg, steps=1), out=part))       # "killed" after step 1
-    train.train(Config(**cfg, out=part, resume=True))          # resume -> step 2
-    a, b = metrics(full)[-1], metrics(part)[-1]
-    assert b["step"] == 2
-    for key in ("loss", "reward_mean", "response_tokens", "kl"):
-        assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-7), key
+    assert len(losses) == 2 and losses[-1] < losses[0]
+    assert {"start", "end"} <= set(result)
 
 
 def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
