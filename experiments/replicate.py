@@ -5,6 +5,7 @@
     python experiments/replicate.py --preset cpu --seeds 0 1 2 --ablations
     python experiments/replicate.py --preset cpu --report   # table.md and plots only
     python experiments/replicate.py --preset cpu-aliases    # a warm start that reads tool lists
+    python experiments/replicate.py --preset cpu-aliases --seeds 2 --runs grpo-mentor grpo-sparse
 
 From one student and one set of teacher trajectories it trains, per seed:
     sft            SFT on the teacher's trajectories (warm_steps + rl_steps SFT steps)
@@ -39,6 +40,7 @@ import argparse
 import hashlib
 import json
 import os
+import re
 import shutil
 import sys
 import time
@@ -276,6 +278,13 @@ def provenance(root, seeds):
     return lines
 
 
+def recorded_seeds(root):
+    """The seeds with an evaluation in the report folder (eval_{method}-s{seed}.json; a set-aside
+    eval_...stale.json does not count)."""
+    return {int(m.group(1)) for f in os.listdir(root)
+            for m in [re.fullmatch(r"eval_.+-s(\d+)\.json", f)] if m}
+
+
 def load_eval(root, name, suites=None):
     """The suites eval_{name}.json has, of these (None: all; {} if there is no file)."""
     path = os.path.join(root, f"eval_{name}.json")
@@ -408,6 +417,10 @@ def main(argv=None):
     ap.add_argument("--preset", choices=PRESETS, default="cpu")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--ablations", action="store_true")
+    ap.add_argument("--runs", nargs="+", metavar="METHOD",
+                    help="train and evaluate only these of a seed's runs (e.g. grpo-mentor "
+                         "grpo-sparse: a session too short for a whole seed); the warm start is "
+                         "still trained when they need it, and evaluated only if 'warm' is named")
     ap.add_argument("--report", action="store_true",
                     help="rewrite table.md and the plots from the evaluations in results/; train nothing")
     args = ap.parse_args(argv)
@@ -428,12 +441,17 @@ def main(argv=None):
     methods = ["base"] + (["warm"] if p["warm_steps"] else []) + ["sft"] + \
         [f"grpo-{r}" for r in rewards]
     suites = p.get("suites", SUITES)
+    runs = args.runs or methods[1:]
+    if set(runs) - set(methods[1:]):
+        ap.error(f"--runs: not a method of this preset: {sorted(set(runs) - set(methods[1:]))} "
+                 f"(its methods: {' '.join(methods[1:])})")
     results = {"base": run_eval("base", p["student"], root, p["eval_limit"], gen, suites)}
     # what earlier invocations (other sessions) finished: the table is whole from the first
-    # report on, whichever seed this invocation starts with. A warm start's partial evaluation
-    # (its checkpoint lost mid-evaluation) counts too: each suite it has still measures where
-    # that seed's RL runs started (the RL - warm rows, suite by suite)
-    for s in args.seeds:
+    # report on, whichever seeds this invocation trains (--seeds 1 2 still tables seed 0). A
+    # warm start's partial evaluation (its checkpoint lost mid-evaluation) counts too: each
+    # suite it has still measures where that seed's RL runs started (the RL - warm rows)
+    table_seeds = sorted(set(args.seeds) | recorded_seeds(root))
+    for s in table_seeds:
         for m in methods[1:]:
             done = load_eval(root, f"{m}-s{s}", suites)
             if done and (m == "warm" or len(done) == len(suites)):
@@ -441,16 +459,16 @@ def main(argv=None):
 
     def report():
         """table.md and the plots from every evaluation so far (rewritten after each one)."""
-        table, summary = tables(results, methods, args.seeds, suites,
+        table, summary = tables(results, methods, table_seeds, suites,
                                 p.get("sft_from_warm", False),
                                 {name: started_from(root, name) for name in results})
         plot(summary, suites, root)
-        curves(methods[1:], root, args.seeds)
+        curves(methods[1:], root, table_seeds)
         with open(os.path.join(root, "table.md"), "w") as f:
-            f.write(f"{table}\n\npreset {args.preset}, seeds {sorted(args.seeds)}; per seed: "
+            f.write(f"{table}\n\npreset {args.preset}, seeds {table_seeds}; per seed: "
                     f"{design(p, cfg)}; wall time of this invocation {time.time() - t0:.0f} s"
                     "\n\nWhere each run was trained:\n\n" +
-                    "\n".join(provenance(root, args.seeds)) + "\n")
+                    "\n".join(provenance(root, table_seeds)) + "\n")
         print(table, flush=True)
 
     if args.report:
@@ -470,12 +488,14 @@ def main(argv=None):
         todo += [(f"grpo-{r}-s{seed}", dict(common, method="grpo", reward=r, init=warm,
                                             warmup_sft_steps=0, steps=p["rl_steps"], seed=seed))
                  for r in sorted(rewards, key=lambda r: r != "mentor")]
+        seed_runs = [n for n, kw in todo if kw.get("init") == warm]
+        todo = [(n, kw) for n, kw in todo if n.rsplit("-s", 1)[0] in runs]
         warm_eval = os.path.join(root, f"eval_warm-s{seed}.json")
         # the warm start is (re)trained while a run still needs it or its own evaluation is
         # unfinished; a machine that cannot reproduce it leaves the seed after CHECK_STEPS steps
         # (unfinished and unrecorded: nothing to check a retrained one against, so it stays)
-        seed_runs = [n for n, kw in todo if kw.get("init") == warm]
-        if warm and (not all(evaluated(root, n, suites) for n in seed_runs) or (
+        if warm and (not all(evaluated(root, n, suites) for n, kw in todo
+                             if kw.get("init") == warm) or ("warm" in runs and
                 not evaluated(root, f"warm-s{seed}", suites)
                 and os.path.exists(os.path.join(root, f"metrics_warm-s{seed}.jsonl")))):
             if not retrain_warm(root, f"warm-s{seed}", dict(
@@ -483,11 +503,11 @@ def main(argv=None):
                     **({"suite": p["warm_suite"]} if p.get("warm_suite") else {})), results,
                     seed_runs):
                 continue
-        if warm and os.path.exists(os.path.join(warm, "result.json")):
+        if warm and "warm" in runs and os.path.exists(os.path.join(warm, "result.json")):
             results[f"warm-s{seed}"] = run_eval(f"warm-s{seed}", warm, root, p["eval_limit"],
                                                  gen, suites)
             report()
-        elif warm:
+        elif warm and "warm" in runs:
             print(f"warm-s{seed}: its checkpoint is gone and its runs are evaluated; its "
                   f"evaluation stays as it is ({warm_eval}: "
                   f"{'partial' if os.path.exists(warm_eval) else 'none'})", flush=True)

@@ -252,6 +252,41 @@ def test_replicate_evaluates_each_run_before_training_the_next(tmp_path, monkeyp
                                                           ("train", "grpo-mentor-s0")]
 
 
+def test_replicate_runs_trains_only_the_named_methods(tmp_path, monkeypatch):
+    """--runs grpo-mentor grpo-sparse (a session too short for a whole seed) trains the warm
+    start they need and those two, evaluates neither the warm start nor SFT; a later
+    `--runs warm sft` in a fresh clone retrains the warm start, evaluates it, and does SFT."""
+    import os
+    import shutil
+    monkeypatch.syspath_prepend(os.path.join(os.path.dirname(__file__), "..", "experiments"))
+    import replicate
+    report, events = tmp_path / "results", []
+
+    def fake_train(kwargs):
+        events.append(("train", os.path.basename(kwargs["out"])))
+        os.makedirs(kwargs["out"], exist_ok=True)
+        for f in ("metrics.jsonl", "result.json"):
+            (tmp_path / "runs" / os.path.basename(kwargs["out"]) / f).write_text("{}\n")
+
+    def fake_eval(name, out, root, limit, gen, suites):
+        events.append(("eval", name))
+        res = {s: {"n": 2, "accuracy": 0.5, "tool_jsd": 0.0, "correct": [1, 0]} for s in suites}
+        replicate.write_json(os.path.join(root, f"eval_{name}.json"), res)
+        return res
+    fake_replicate(monkeypatch, replicate, "cpu", tmp_path / "runs", report, fake_train, fake_eval)
+    replicate.main(["--preset", "cpu", "--seeds", "0", "--runs", "grpo-mentor", "grpo-sparse"])
+    assert events == [("eval", "base"), ("train", "warm-s0"),
+                      ("train", "grpo-mentor-s0"), ("eval", "grpo-mentor-s0"),
+                      ("train", "grpo-sparse-s0"), ("eval", "grpo-sparse-s0")]
+    events.clear()
+    shutil.rmtree(tmp_path / "runs")                         # the next session: a fresh clone
+    replicate.main(["--preset", "cpu", "--seeds", "0", "--runs", "warm", "sft"])
+    assert events == [("eval", "base"), ("train", "warm-s0"), ("train", "warm-s0"),  # checked,
+                      ("eval", "warm-s0"), ("train", "sft-s0"), ("eval", "sft-s0")]  # then on
+    with pytest.raises(SystemExit):
+        replicate.main(["--preset", "cpu", "--runs", "grpo-typo"])
+
+
 def test_replicate_cpu_aliases_trains_every_method_from_the_aliased_warm_start(tmp_path,
                                                                               monkeypatch):
     """cpu-aliases: the warm start trains on the aliased math suite, then SFT, like both RL
@@ -288,7 +323,8 @@ def test_replicate_cpu_aliases_trains_every_method_from_the_aliased_warm_start(t
 
 def test_replicate_tables_every_finished_evaluation(tmp_path, monkeypatch):
     """Seeds 0 and 1 were evaluated in earlier sessions: `--report` tables them without
-    training, and an invocation that starts with seed 2 tables them from its first report on."""
+    training, and an invocation that trains only seed 2 tables them from its first report on
+    (table.md is never rewritten with fewer seeds than the folder holds)."""
     import os
     monkeypatch.syspath_prepend(os.path.join(os.path.dirname(__file__), "..", "experiments"))
     import replicate
@@ -320,7 +356,7 @@ def test_replicate_tables_every_finished_evaluation(tmp_path, monkeypatch):
     assert "| warm | 1 |" in table
     row = next(line for line in table.splitlines() if line.startswith("| grpo-mentor - warm | 2 |"))
     assert row.rstrip(" |").endswith("+0.000 [+0.000, +0.000] (1 seeds)")       # lookup
-    replicate.main(["--preset", "cpu", "--seeds", "2", "0", "1"])
+    replicate.main(["--preset", "cpu", "--seeds", "2"])     # seeds 0 and 1 from the folder
     assert [name for name, _ in tables_seen] == ["warm-s2", "sft-s2", "grpo-mentor-s2",
                                                  "grpo-sparse-s2"]
     assert "| sft | 3 |" in dict(tables_seen)["grpo-mentor-s2"]       # seeds 0 and 1 included
@@ -331,6 +367,8 @@ def test_replicate_tables_every_finished_evaluation(tmp_path, monkeypatch):
     tables_seen.clear()
     replicate.main(["--preset", "cpu", "--seeds", "2"])
     assert tables_seen == [] and not (report / "eval_warm-s2.json").exists()
+    assert "| grpo-mentor - grpo-sparse | 3 |" in (report / "table.md").read_text()
+    assert "seeds [0, 1, 2]" in (report / "table.md").read_text()
 
 
 def test_replicate_sets_aside_a_partial_evaluation_of_a_lost_checkpoint(tmp_path, monkeypatch):
