@@ -490,24 +490,26 @@ def main(argv=None):
                  for r in sorted(rewards, key=lambda r: r != "mentor")]
         seed_runs = [n for n, kw in todo if kw.get("init") == warm]
         todo = [(n, kw) for n, kw in todo if n.rsplit("-s", 1)[0] in runs]
+        with_warm = "warm" in runs            # this invocation evaluates the warm start too
         warm_eval = os.path.join(root, f"eval_warm-s{seed}.json")
-        # the warm start is (re)trained while a run still needs it or its own evaluation is
-        # unfinished; a machine that cannot reproduce it leaves the seed after CHECK_STEPS steps
-        # (unfinished and unrecorded: nothing to check a retrained one against, so it stays)
-        if warm and (not all(evaluated(root, n, suites) for n, kw in todo
-                             if kw.get("init") == warm) or ("warm" in runs and
-                not evaluated(root, f"warm-s{seed}", suites)
+        # the warm start is (re)trained while a run (of those this invocation does, or any, if
+        # it does the warm start) still needs it or its own evaluation is unfinished; a machine
+        # that cannot reproduce it leaves the seed after CHECK_STEPS steps (unfinished and
+        # unrecorded: nothing to check a retrained one against, so it stays)
+        needing = seed_runs if with_warm else [n for n, _ in todo if n in seed_runs]
+        if warm and (not all(evaluated(root, n, suites) for n in needing) or (
+                with_warm and not evaluated(root, f"warm-s{seed}", suites)
                 and os.path.exists(os.path.join(root, f"metrics_warm-s{seed}.jsonl")))):
             if not retrain_warm(root, f"warm-s{seed}", dict(
                     common, method="sft", steps=p["warm_steps"], seed=seed, out=warm,
                     **({"suite": p["warm_suite"]} if p.get("warm_suite") else {})), results,
                     seed_runs):
                 continue
-        if warm and "warm" in runs and os.path.exists(os.path.join(warm, "result.json")):
+        if warm and with_warm and os.path.exists(os.path.join(warm, "result.json")):
             results[f"warm-s{seed}"] = run_eval(f"warm-s{seed}", warm, root, p["eval_limit"],
                                                  gen, suites)
             report()
-        elif warm and "warm" in runs:
+        elif warm and with_warm:
             print(f"warm-s{seed}: its checkpoint is gone and its runs are evaluated; its "
                   f"evaluation stays as it is ({warm_eval}: "
                   f"{'partial' if os.path.exists(warm_eval) else 'none'})", flush=True)

@@ -283,6 +283,9 @@ def test_replicate_runs_trains_only_the_named_methods(tmp_path, monkeypatch):
     replicate.main(["--preset", "cpu", "--seeds", "0", "--runs", "warm", "sft"])
     assert events == [("eval", "base"), ("train", "warm-s0"), ("train", "warm-s0"),  # checked,
                       ("eval", "warm-s0"), ("train", "sft-s0"), ("eval", "sft-s0")]  # then on
+    events.clear()
+    replicate.main(["--preset", "cpu", "--seeds", "1", "--runs", "warm"])     # a new seed
+    assert events == [("eval", "base"), ("train", "warm-s1"), ("eval", "warm-s1")]
     with pytest.raises(SystemExit):
         replicate.main(["--preset", "cpu", "--runs", "grpo-typo"])
 
