@@ -368,6 +368,10 @@ def paired(starts, a, b):
     return sa is None or sb is None or bool(sa & sb)
 
 
+TOOL_USE = {"tool_set_match": "Tool-set match (the rollout's valid tools equal the teacher's)",
+            "hallucinated_tool_rate": "Hallucinated-tool rate (a call names a tool not shown)"}
+
+
 def tables(results, methods, seeds, suites=SUITES, sft_from_warm=False, starts=None):
     """Markdown: mean ± std over seeds per method and suite; paired bootstrap CIs over the
     seeds whose two runs started from the same warm start (starts: {run: started_from})."""
@@ -382,6 +386,14 @@ def tables(results, methods, seeds, suites=SUITES, sft_from_warm=False, starts=N
         if rs:
             lines.append(f"| {m} | {len(rs)} | " + " | ".join(
                 cell([r[s][k] for r in rs]) for k in ("accuracy", "tool_jsd") for s in suites) + " |")
+    # what the MENTOR reward pays for besides the answer (reward.py's tool-set match and
+    # no-hallucination parts), measured greedily: did RL with it change how tools are used?
+    for k, what in TOOL_USE.items():
+        if all(k in r[s] for rs in per.values() for r in rs for s in suites):
+            lines += ["", f"{what}, mean ± std over seeds:", "",
+                      "| method | " + " | ".join(suites) + " |", "|" + "---|" * (1 + len(suites))]
+            lines += [f"| {m} | " + " | ".join(cell([r[s][k] for r in rs]) for s in suites) + " |"
+                      for m, rs in per.items() if rs]
     lines += ["", "Paired bootstrap 95% CI of the accuracy difference (problems and seeds "
               "resampled, 10,000 replicates; seeds paired by their shared warm start):", "",
               "| comparison | seeds | " + " | ".join(suites) + " |", "|" + "---|" * (2 + len(suites))]

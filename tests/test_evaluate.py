@@ -597,3 +597,26 @@ def test_rollout_metrics_hallucination_counts_tools_shown_to_that_problem():
     assert m["hallucinated_tool_rate"] == 0.5               # "add" not shown to `own`; "zzz"
     assert m["valid_call_rate"] == 2 / 5 and m["tool_set_match"] == 0.5
     assert m["tool_call_rate"] == 1.0 and m["accuracy"] == 0.0
+
+
+def test_tool_use_tables_mean_and_std_over_seeds():
+    """table.md's tool-use tables: per method, the mean ± std over seeds of each evaluation's
+    tool-set match and hallucinated-tool rate; left out when an evaluation lacks the metric."""
+    import os
+    import sys
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "experiments"))
+    import replicate
+
+    def ev(match, hall):
+        return {"math": {"n": 2, "accuracy": 0.5, "tool_jsd": 0.0, "correct": [1, 0],
+                         "tool_set_match": match, "hallucinated_tool_rate": hall}}
+    results = {"base": ev(0.0, 0.0), "grpo-mentor-s0": ev(1.0, 0.0),
+               "grpo-mentor-s1": ev(0.5, 0.5)}
+    table, _ = replicate.tables(results, ["base", "grpo-mentor"], [0, 1], ["math"])
+    match, hall = table.split("Tool-set match")[1], table.split("Hallucinated-tool rate")[1]
+    assert "| grpo-mentor | 0.750 ± 0.250 |" in match.split("\n\n")[1]
+    assert "| grpo-mentor | 0.250 ± 0.250 |" in hall.split("\n\n")[1]
+    assert "| base | 0.000 |" in match.split("\n\n")[1]
+    del results["grpo-mentor-s1"]["math"]["tool_set_match"]
+    table, _ = replicate.tables(results, ["base", "grpo-mentor"], [0, 1], ["math"])
+    assert "Tool-set match" not in table and "Hallucinated-tool rate" in table
