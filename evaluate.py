@@ -110,13 +110,23 @@ def used_tools(rollout, suite):
     return {n for n in rollout.tool_calls if n in shown_tools(rollout.problem, suite)}
 
 
+def tool_use_per_problem(rollouts, suite):
+    """Per rollout, 0/1: its valid tool set S equals the teacher's T (tool_set_match); it
+    names a tool it was not shown (hallucinated_tool_rate). Kept per problem for paired CIs."""
+    shown = [shown_tools(r.problem, suite) for r in rollouts]
+    return {"tool_set_match": [int(used_tools(r, suite) == set(r.problem["teacher_tools"]))
+                               for r in rollouts],
+            "hallucinated_tool_rate": [int(any(n is not None and n not in v for n in r.tool_calls))
+                                       for r, v in zip(rollouts, shown)]}
+
+
 def rollout_metrics(rollouts, suite):
     """What rollouts did: accuracy and tool use. One definition for train.py's step logs and
     evaluation tables. A hallucinated tool is a parsed call naming a tool not shown."""
     calls = [r.tool_calls for r in rollouts]                  # names; None: unparsable
     shown = [shown_tools(r.problem, suite) for r in rollouts]
     n_calls = sum(map(len, calls))
-    used = [used_tools(r, suite) for r in rollouts]
+    per = tool_use_per_problem(rollouts, suite)
     return {
         "accuracy": float(np.mean([is_correct(r, suite) for r in rollouts])),
         "tool_call_rate": float(np.mean([bool(c) for c in calls])),
@@ -124,12 +134,10 @@ def rollout_metrics(rollouts, suite):
         "truncated_rate": float(np.mean([r.truncated for r in rollouts])),
         "valid_call_rate": sum(n in v for c, v in zip(calls, shown) for n in c) / n_calls
         if n_calls else None,
-        "hallucinated_tool_rate": float(np.mean([any(n is not None and n not in v for n in c)
-                                                 for c, v in zip(calls, shown)])),
+        "hallucinated_tool_rate": float(np.mean(per["hallucinated_tool_rate"])),
         "mean_turns": float(np.mean([len(r.turns) for r in rollouts])),
         "response_tokens": float(np.mean([r.n_generated for r in rollouts])),
-        "tool_set_match": float(np.mean([u == set(r.problem["teacher_tools"])
-                                         for u, r in zip(used, rollouts)])),
+        "tool_set_match": float(np.mean(per["tool_set_match"])),
     }
 
 
@@ -153,6 +161,7 @@ def evaluate_suite(model, tok, name, limit=None, batch_size=16, temperature=0.0,
     out = {"n": len(rollouts), "split": "test" if name in trained_on else "all",
            **rollout_metrics(rollouts, suite),
            "correct": [int(c) for c in correct],                  # per problem, for paired CIs
+           "per_problem": tool_use_per_problem(rollouts, suite),  # the same, for tool use
            "tool_jsd": jsd(tool_distribution(used), tool_distribution(
                [set(r.problem["teacher_tools"]) for r in rollouts]))}
     if all("category" in r.problem for r in rollouts):

@@ -368,6 +368,29 @@ def paired(starts, a, b):
     return sa is None or sb is None or bool(sa & sb)
 
 
+def ci_row(results, a, b, seeds, suites, starts, per_problem):
+    """'| a - b | seeds | d [lo, hi] | ...': the paired bootstrap CI of a - b per suite, over
+    the seeds whose runs a and b both have per_problem(result) (0/1 per problem) and started
+    from the same warm start; None when no seed has both."""
+    both = {suite: [s for s in seeds
+                    if per_problem(results.get(f"{a}-s{s}", {}).get(suite, {})) is not None
+                    and per_problem(results.get(f"{b}-s{s}", {}).get(suite, {})) is not None
+                    and paired(starts, f"{a}-s{s}", f"{b}-s{s}")] for suite in suites}
+    most = max(map(len, both.values()))
+    if not most:
+        return None
+    cells = []
+    for suite, ss in both.items():
+        if not ss:
+            cells.append("-")
+            continue
+        d, lo, hi = paired_bootstrap_ci([per_problem(results[f"{a}-s{s}"][suite]) for s in ss],
+                                        [per_problem(results[f"{b}-s{s}"][suite]) for s in ss])
+        cells.append(f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}]" +
+                     ("" if len(ss) == most else f" ({len(ss)} seeds)"))
+    return f"| {a} - {b} | {most} | " + " | ".join(cells) + " |"
+
+
 TOOL_USE = {"tool_set_match": "Tool-set match (the rollout's valid tools equal the teacher's)",
             "hallucinated_tool_rate": "Hallucinated-tool rate (a call names a tool not shown)"}
 
@@ -388,36 +411,31 @@ def tables(results, methods, seeds, suites=SUITES, sft_from_warm=False, starts=N
                 cell([r[s][k] for r in rs]) for k in ("accuracy", "tool_jsd") for s in suites) + " |")
     # what the MENTOR reward pays for besides the answer (reward.py's tool-set match and
     # no-hallucination parts), measured greedily: did RL with it change how tools are used?
+    claims = (("grpo-mentor", "sft"), ("grpo-mentor", "grpo-sparse"))
     for k, what in TOOL_USE.items():
         if all(k in r[s] for rs in per.values() for r in rs for s in suites):
             lines += ["", f"{what}, mean ± std over seeds:", "",
                       "| method | " + " | ".join(suites) + " |", "|" + "---|" * (1 + len(suites))]
             lines += [f"| {m} | " + " | ".join(cell([r[s][k] for r in rs]) for s in suites) + " |"
                       for m, rs in per.items() if rs]
+            # evaluations that kept it per problem (evaluate.py's per_problem) also pair
+            rows = [ci_row(results, a, b, seeds, suites, starts,
+                           lambda r: r.get("per_problem", {}).get(k)) for a, b in claims]
+            rows = [row for row in rows if row]
+            if rows:
+                lines += ["", "Paired bootstrap 95% CI of its difference:", "",
+                          "| comparison | seeds | " + " | ".join(suites) + " |",
+                          "|" + "---|" * (2 + len(suites))] + rows
     lines += ["", "Paired bootstrap 95% CI of the accuracy difference (problems and seeds "
               "resampled, 10,000 replicates; seeds paired by their shared warm start):", "",
               "| comparison | seeds | " + " | ".join(suites) + " |", "|" + "---|" * (2 + len(suites))]
     # the two claims, then what each RL phase did to the warm start it started from (suite by
     # suite: a warm start's evaluation may lack suites, see main)
-    for a, b in (("grpo-mentor", "sft"), ("grpo-mentor", "grpo-sparse"),
-                 ("grpo-mentor", "warm"), ("grpo-sparse", "warm")) + \
+    for a, b in claims + (("grpo-mentor", "warm"), ("grpo-sparse", "warm")) + \
             ((("sft", "warm"),) if sft_from_warm else ()):
-        both = {suite: [s for s in seeds if suite in results.get(f"{a}-s{s}", {})
-                        and suite in results.get(f"{b}-s{s}", {})
-                        and paired(starts, f"{a}-s{s}", f"{b}-s{s}")] for suite in suites}
-        most = max(map(len, both.values()))
-        if not most:
-            continue
-        cells = []
-        for suite, ss in both.items():
-            if not ss:
-                cells.append("-")
-                continue
-            d, lo, hi = paired_bootstrap_ci([results[f"{a}-s{s}"][suite]["correct"] for s in ss],
-                                            [results[f"{b}-s{s}"][suite]["correct"] for s in ss])
-            cells.append(f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}]" +
-                         ("" if len(ss) == most else f" ({len(ss)} seeds)"))
-        lines.append(f"| {a} - {b} | {most} | " + " | ".join(cells) + " |")
+        row = ci_row(results, a, b, seeds, suites, starts, lambda r: r.get("correct"))
+        if row:
+            lines.append(row)
     return "\n".join(lines), {m: {s: {"accuracy": float(np.mean([r[s]["accuracy"] for r in rs])),
                                      "accuracy_std": float(np.std([r[s]["accuracy"] for r in rs])),
                                      "tool_jsd": float(np.mean([r[s]["tool_jsd"] for r in rs]))}

@@ -134,6 +134,9 @@ PROBLEMS = [{"question": "What do red and blue make?", "answer": "purple", "teac
                 "response_tokens", "tool_set_match", "tool_jsd"):
         assert key in res
     assert 0.0 <= res["tool_jsd"] <= 1.0
+    for key in ("tool_set_match", "hallucinated_tool_rate"):       # kept per problem too
+        assert len(res["per_problem"][key]) == 2
+        assert sum(res["per_problem"][key]) / 2 == res[key]
 
 
 def test_replot_from_saved_results(tmp_path):
@@ -585,7 +588,7 @@ def test_bfcl_is_a_plain_suite_with_its_own_check(student):
 
 
 def test_rollout_metrics_hallucination_counts_tools_shown_to_that_problem():
-    from evaluate import rollout_metrics
+    from evaluate import rollout_metrics, tool_use_per_problem
     from rollout import Rollout
     from tasks import Suite
     suite = Suite("s", {"add": None}, [])
@@ -597,6 +600,8 @@ def test_rollout_metrics_hallucination_counts_tools_shown_to_that_problem():
     assert m["hallucinated_tool_rate"] == 0.5               # "add" not shown to `own`; "zzz"
     assert m["valid_call_rate"] == 2 / 5 and m["tool_set_match"] == 0.5
     assert m["tool_call_rate"] == 1.0 and m["accuracy"] == 0.0
+    assert tool_use_per_problem(rs, suite) == {"tool_set_match": [1, 0, 1, 0],
+                                               "hallucinated_tool_rate": [0, 1, 0, 1]}
 
 
 def test_tool_use_tables_mean_and_std_over_seeds():
@@ -620,3 +625,31 @@ def test_tool_use_tables_mean_and_std_over_seeds():
     del results["grpo-mentor-s1"]["math"]["tool_set_match"]
     table, _ = replicate.tables(results, ["base", "grpo-mentor"], [0, 1], ["math"])
     assert "Tool-set match" not in table and "Hallucinated-tool rate" in table
+
+
+def test_tool_use_ci_from_evaluations_kept_per_problem():
+    """An evaluation that keeps tool use per problem (evaluate.py's per_problem) gives the two
+    claims a paired CI of it. By hand: MENTOR matches the teacher's tools on both problems, SFT
+    on one, so the differences are (0, 1): resampled means 0, 1/2, 1 with probability 1/4,
+    1/2, 1/4, the 95% interval [0, 1]. Without per-problem values there is no CI table."""
+    import os
+    import sys
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "experiments"))
+    import replicate
+
+    def ev(match, keep=True):
+        r = {"n": 2, "accuracy": 0.5, "tool_jsd": 0.0, "correct": [1, 0],
+             "tool_set_match": sum(match) / 2, "hallucinated_tool_rate": 0.0}
+        if keep:
+            r["per_problem"] = {"tool_set_match": match, "hallucinated_tool_rate": [0, 0]}
+        return {"math": r}
+    results = {"base": ev([0, 0]), "grpo-mentor-s0": ev([1, 1]), "sft-s0": ev([0, 1])}
+    table, _ = replicate.tables(results, ["base", "sft", "grpo-mentor"], [0], ["math"])
+    match = table.split("Tool-set match")[1].split("Hallucinated-tool rate")[0]
+    hall = table.split("Hallucinated-tool rate")[1].split("accuracy difference")[0]
+    assert "| grpo-mentor - sft | 1 | +0.500 [+0.000, +1.000] |" in match
+    assert "| grpo-mentor - sft | 1 | +0.000 [+0.000, +0.000] |" in hall
+    assert "grpo-mentor - grpo-sparse" not in match               # no sparse run
+    results["sft-s0"] = ev([0, 1], keep=False)
+    table, _ = replicate.tables(results, ["base", "sft", "grpo-mentor"], [0], ["math"])
+    assert "CI of its difference" not in table and "| grpo-mentor - sft | 1 | +0.000" in table
