@@ -6,12 +6,16 @@
     python experiments/replicate.py --preset cpu --report   # table.md and plots only
     python experiments/replicate.py --preset cpu-aliases    # a warm start that reads tool lists
     python experiments/replicate.py --preset cpu-aliases --seeds 2 --runs grpo-mentor grpo-sparse
+    python experiments/replicate.py --preset cpu-aliases --seeds 2 --sft-slow --runs sft-slow
 
 From one student and one set of teacher trajectories it trains, per seed:
     sft            SFT on the teacher's trajectories (warm_steps + rl_steps SFT steps)
     grpo-sparse    warm start, then GRPO with the sparse reward
     grpo-mentor    warm start, then GRPO with MENTOR's composite reward
     (--ablations)  grpo-partial, grpo-no_tool_match, grpo-f1
+    (--sft-slow)   sft-slow: SFT as sft but at RL's learning rate (lr, not the 10x larger
+                   sft_lr), a check on the baseline: does SFT lose what the warm start had
+                   out of domain only because it takes larger steps than RL?
 The warm start (SFT, cold start for a student that calls no tools) is shared by
 every RL run of a seed and is evaluated first, as the point RL starts from. In
 cpu-aliases it is trained on math under per-problem tool names and SFT starts
@@ -328,7 +332,7 @@ def curves(methods, root, seeds):
     fig, axes = plt.subplots(1, 4, figsize=(16, 3.4))
     for m in methods:
         paths = [os.path.join(root, f"metrics_{m}-s{s}.jsonl") for s in seeds]
-        phase = "sft" if m in ("sft", "warm") else "grpo"
+        phase = "sft" if m in ("sft", "sft-slow", "warm") else "grpo"
         keys = ["sft_loss"] if phase == "sft" else ["reward_mean", "accuracy", "groups_with_signal"]
         for key in keys:
             ax = axes[3] if key == "sft_loss" else axes[["reward_mean", "accuracy",
@@ -411,7 +415,8 @@ def tables(results, methods, seeds, suites=SUITES, sft_from_warm=False, starts=N
                 cell([r[s][k] for r in rs]) for k in ("accuracy", "tool_jsd") for s in suites) + " |")
     # what the MENTOR reward pays for besides the answer (reward.py's tool-set match and
     # no-hallucination parts), measured greedily: did RL with it change how tools are used?
-    claims = (("grpo-mentor", "sft"), ("grpo-mentor", "grpo-sparse"))
+    claims = (("grpo-mentor", "sft"), ("grpo-mentor", "grpo-sparse"),
+              ("grpo-mentor", "sft-slow"))        # the last: a check on the SFT baseline
     for k, what in TOOL_USE.items():
         if all(k in r[s] for rs in per.values() for r in rs for s in suites):
             lines += ["", f"{what}, mean ± std over seeds:", "",
@@ -432,7 +437,7 @@ def tables(results, methods, seeds, suites=SUITES, sft_from_warm=False, starts=N
     # the two claims, then what each RL phase did to the warm start it started from (suite by
     # suite: a warm start's evaluation may lack suites, see main)
     for a, b in claims + (("grpo-mentor", "warm"), ("grpo-sparse", "warm")) + \
-            ((("sft", "warm"),) if sft_from_warm else ()):
+            ((("sft", "warm"), ("sft-slow", "warm")) if sft_from_warm else ()):
         row = ci_row(results, a, b, seeds, suites, starts, lambda r: r.get("correct"))
         if row:
             lines.append(row)
@@ -447,6 +452,8 @@ def main(argv=None):
     ap.add_argument("--preset", choices=PRESETS, default="cpu")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--ablations", action="store_true")
+    ap.add_argument("--sft-slow", action="store_true",
+                    help="also train sft-slow per seed: sft at RL's lr instead of sft_lr")
     ap.add_argument("--runs", nargs="+", metavar="METHOD",
                     help="train and evaluate only these of a seed's runs (e.g. grpo-mentor "
                          "grpo-sparse: a session too short for a whole seed); the warm start is "
@@ -468,10 +475,13 @@ def main(argv=None):
     gen = dict(max_new_tokens=cfg.max_new_tokens, max_total_tokens=cfg.max_total_tokens,
                max_turns=cfg.max_turns)
     rewards = ["sparse", "mentor"] + (["partial", "no_tool_match", "f1"] if args.ablations else [])
+    # sft-slow, once evaluated, stays in the table (a later --report need not repeat the flag)
+    slow = args.sft_slow or any(f.startswith("eval_sft-slow-s") for f in os.listdir(root))
     methods = ["base"] + (["warm"] if p["warm_steps"] else []) + ["sft"] + \
-        [f"grpo-{r}" for r in rewards]
+        (["sft-slow"] if slow else []) + [f"grpo-{r}" for r in rewards]
     suites = p.get("suites", SUITES)
-    runs = args.runs or methods[1:]
+    # trained only when asked for (--sft-slow, or named in --runs)
+    runs = args.runs or [m for m in methods[1:] if m != "sft-slow" or args.sft_slow]
     if set(runs) - set(methods[1:]):
         ap.error(f"--runs: not a method of this preset: {sorted(set(runs) - set(methods[1:]))} "
                  f"(its methods: {' '.join(methods[1:])})")
@@ -489,6 +499,7 @@ def main(argv=None):
 
     def report():
         """table.md and the plots from every evaluation so far (rewritten after each one)."""
+        slow_sft = f"; sft-slow as sft at lr {cfg.lr:g} (sft: {cfg.sft_lr:g})" if slow else ""
         table, summary = tables(results, methods, table_seeds, suites,
                                 p.get("sft_from_warm", False),
                                 {name: started_from(root, name) for name in results})
@@ -496,7 +507,8 @@ def main(argv=None):
         curves(methods[1:], root, table_seeds)
         with open(os.path.join(root, "table.md"), "w") as f:
             f.write(f"{table}\n\npreset {args.preset}, seeds {table_seeds}; per seed: "
-                    f"{design(p, cfg)}; wall time of this invocation {time.time() - t0:.0f} s"
+                    f"{design(p, cfg)}{slow_sft}; wall time of this invocation "
+                    f"{time.time() - t0:.0f} s"
                     "\n\nWhere each run was trained:\n\n" +
                     "\n".join(provenance(root, table_seeds)) + "\n")
         print(table, flush=True)
@@ -510,14 +522,16 @@ def main(argv=None):
     for seed in args.seeds:
         warm = os.path.join(runs_dir, f"warm-s{seed}") if p["warm_steps"] else None
         # equal optimizer steps: SFT gets the warm start's steps plus as many as RL takes
-        todo = [(f"sft-s{seed}", dict(common, method="sft", init=warm, steps=p["rl_steps"],
-                                      seed=seed) if p.get("sft_from_warm") else
-                 dict(common, method="sft", steps=p["warm_steps"] + p["rl_steps"], seed=seed))]
+        sft = (dict(common, method="sft", init=warm, steps=p["rl_steps"], seed=seed)
+               if p.get("sft_from_warm") else
+               dict(common, method="sft", steps=p["warm_steps"] + p["rl_steps"], seed=seed))
+        todo = [(f"sft-s{seed}", sft)]
         # MENTOR first of the RL runs: both comparisons need it, so a session cut off after two
         # runs of a seed (a seed is hours on 2 cores) leaves one comparison complete
         todo += [(f"grpo-{r}-s{seed}", dict(common, method="grpo", reward=r, init=warm,
                                             warmup_sft_steps=0, steps=p["rl_steps"], seed=seed))
                  for r in sorted(rewards, key=lambda r: r != "mentor")]
+        todo += [(f"sft-slow-s{seed}", dict(sft, sft_lr=cfg.lr))] if slow else []
         seed_runs = [n for n, kw in todo if kw.get("init") == warm]
         todo = [(n, kw) for n, kw in todo if n.rsplit("-s", 1)[0] in runs]
         with_warm = "warm" in runs            # this invocation evaluates the warm start too

@@ -327,6 +327,47 @@ def test_replicate_cpu_aliases_trains_every_method_from_the_aliased_warm_start(t
     assert "sft-s0: machine not recorded (from warm-s0 as in metrics_warm-s0.jsonl)" in table
 
 
+
+def test_replicate_sft_slow_is_sft_at_the_rl_learning_rate(tmp_path, monkeypatch):
+    """--sft-slow adds sft-slow: the sft run (same warm start, same steps) at RL's lr instead of
+    sft_lr; table.md gets its row and the MENTOR - sft-slow and sft-slow - warm CIs, and keeps
+    them without the flag; a run without the flag trains no sft-slow."""
+    import os
+    monkeypatch.syspath_prepend(os.path.join(os.path.dirname(__file__), "..", "experiments"))
+    import replicate
+    report, trained = tmp_path / "results", {}
+
+    def fake_train(kwargs):
+        trained[os.path.basename(kwargs["out"])] = kwargs
+        os.makedirs(kwargs["out"], exist_ok=True)
+        for f, text in (("metrics.jsonl", "{}\n"), ("result.json", "{}"), ("run.json", "{}")):
+            (tmp_path / "runs" / os.path.basename(kwargs["out"]) / f).write_text(text)
+
+    def fake_eval(name, out, root, limit, gen, suites):
+        res = {s: {"n": 2, "accuracy": 0.5, "tool_jsd": 0.0,
+                   "correct": [0, 0] if name.startswith("sft-slow") else [1, 1]} for s in suites}
+        replicate.write_json(os.path.join(root, f"eval_{name}.json"), res)
+        return res
+    fake_replicate(monkeypatch, replicate, "cpu-aliases", tmp_path / "runs", report, fake_train,
+                   fake_eval)
+    replicate.main(["--preset", "cpu-aliases", "--seeds", "0", "--sft-slow"])
+    assert list(trained) == ["warm-s0", "sft-s0", "grpo-mentor-s0", "grpo-sparse-s0",
+                             "sft-slow-s0"]
+    sft, slow = trained["sft-s0"], trained["sft-slow-s0"]
+    rl_lr, sft_lr = replicate.Config(**sft).lr, replicate.Config(**sft).sft_lr
+    assert slow["sft_lr"] == rl_lr == 1e-5 and sft_lr == 1e-4
+    assert {k: v for k, v in slow.items() if k not in ("sft_lr", "out")} == \
+        {k: v for k, v in sft.items() if k not in ("sft_lr", "out")}
+    for _ in range(2):                                   # then --report, without the flag
+        table = (report / "table.md").read_text()
+        assert "| sft-slow | 1 |" in table and "sft-slow as sft at lr 1e-05 (sft: 0.0001)" in table
+        assert "| grpo-mentor - sft-slow | 1 | +1.000 [+1.000, +1.000] |" in table
+        assert "| sft-slow - warm | 1 | -1.000 [-1.000, -1.000] |" in table
+        replicate.main(["--preset", "cpu-aliases", "--report"])
+    trained.clear()
+    replicate.main(["--preset", "cpu-aliases", "--seeds", "1"])
+    assert "sft-slow-s1" not in trained and "grpo-mentor-s1" in trained
+
 def test_replicate_tables_every_finished_evaluation(tmp_path, monkeypatch):
     """Seeds 0 and 1 were evaluated in earlier sessions: `--report` tables them without
     training, and an invocation that trains only seed 2 tables them from its first report on
