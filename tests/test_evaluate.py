@@ -293,6 +293,20 @@ def test_replicate_runs_trains_only_the_named_methods(tmp_path, monkeypatch):
         replicate.main(["--preset", "cpu", "--runs", "grpo-typo"])
 
 
+def recording_train(trained):
+    """A fake run_train: records each run's settings in trained[run] and leaves what a finished
+    run leaves (metrics.jsonl, result.json, run.json)."""
+    import os
+
+    def fake_train(kwargs):
+        trained[os.path.basename(kwargs["out"])] = kwargs
+        os.makedirs(kwargs["out"], exist_ok=True)
+        for f, text in (("metrics.jsonl", "{}\n"), ("result.json", "{}"), ("run.json", "{}")):
+            with open(os.path.join(kwargs["out"], f), "w") as fh:
+                fh.write(text)
+    return fake_train
+
+
 def test_replicate_cpu_aliases_trains_every_method_from_the_aliased_warm_start(tmp_path,
                                                                               monkeypatch):
     """cpu-aliases: the warm start trains on the aliased math suite, then SFT, like both RL
@@ -302,18 +316,12 @@ def test_replicate_cpu_aliases_trains_every_method_from_the_aliased_warm_start(t
     import replicate
     report, trained = tmp_path / "results", {}
 
-    def fake_train(kwargs):
-        trained[os.path.basename(kwargs["out"])] = kwargs
-        os.makedirs(kwargs["out"], exist_ok=True)
-        for f, text in (("metrics.jsonl", "{}\n"), ("result.json", "{}"), ("run.json", "{}")):
-            (tmp_path / "runs" / os.path.basename(kwargs["out"]) / f).write_text(text)
-
     def fake_eval(name, out, root, limit, gen, suites):
         res = {s: {"n": 2, "accuracy": 0.5, "tool_jsd": 0.0, "correct": [1, 0]} for s in suites}
         replicate.write_json(os.path.join(root, f"eval_{name}.json"), res)
         return res
-    fake_replicate(monkeypatch, replicate, "cpu-aliases", tmp_path / "runs", report, fake_train,
-                   fake_eval)
+    fake_replicate(monkeypatch, replicate, "cpu-aliases", tmp_path / "runs", report,
+                   recording_train(trained), fake_eval)
     replicate.main(["--preset", "cpu-aliases", "--seeds", "0"])
     warm, rl = trained["warm-s0"], replicate.PRESETS["cpu-aliases"]["rl_steps"]
     assert list(trained) == ["warm-s0", "sft-s0", "grpo-mentor-s0", "grpo-sparse-s0"]
@@ -327,7 +335,6 @@ def test_replicate_cpu_aliases_trains_every_method_from_the_aliased_warm_start(t
     assert "sft-s0: machine not recorded (from warm-s0 as in metrics_warm-s0.jsonl)" in table
 
 
-
 def test_replicate_sft_slow_is_sft_at_the_rl_learning_rate(tmp_path, monkeypatch):
     """--sft-slow adds sft-slow: the sft run (same warm start, same steps) at RL's lr instead of
     sft_lr; table.md gets its row and the MENTOR - sft-slow and sft-slow - warm CIs, and keeps
@@ -337,19 +344,13 @@ def test_replicate_sft_slow_is_sft_at_the_rl_learning_rate(tmp_path, monkeypatch
     import replicate
     report, trained = tmp_path / "results", {}
 
-    def fake_train(kwargs):
-        trained[os.path.basename(kwargs["out"])] = kwargs
-        os.makedirs(kwargs["out"], exist_ok=True)
-        for f, text in (("metrics.jsonl", "{}\n"), ("result.json", "{}"), ("run.json", "{}")):
-            (tmp_path / "runs" / os.path.basename(kwargs["out"]) / f).write_text(text)
-
     def fake_eval(name, out, root, limit, gen, suites):
         res = {s: {"n": 2, "accuracy": 0.5, "tool_jsd": 0.0,
                    "correct": [0, 0] if name.startswith("sft-slow") else [1, 1]} for s in suites}
         replicate.write_json(os.path.join(root, f"eval_{name}.json"), res)
         return res
-    fake_replicate(monkeypatch, replicate, "cpu-aliases", tmp_path / "runs", report, fake_train,
-                   fake_eval)
+    fake_replicate(monkeypatch, replicate, "cpu-aliases", tmp_path / "runs", report,
+                   recording_train(trained), fake_eval)
     replicate.main(["--preset", "cpu-aliases", "--seeds", "0", "--sft-slow"])
     assert list(trained) == ["warm-s0", "sft-s0", "grpo-mentor-s0", "grpo-sparse-s0",
                              "sft-slow-s0"]
