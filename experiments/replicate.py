@@ -434,8 +434,8 @@ def tables(results, methods, seeds, suites=SUITES, sft_from_warm=False, starts=N
     lines += ["", "Paired bootstrap 95% CI of the accuracy difference (problems and seeds "
               "resampled, 10,000 replicates; seeds paired by their shared warm start):", "",
               "| comparison | seeds | " + " | ".join(suites) + " |", "|" + "---|" * (2 + len(suites))]
-    # the two claims, then what each RL phase did to the warm start it started from (suite by
-    # suite: a warm start's evaluation may lack suites, see main)
+    # the two claims (and MENTOR - sft-slow), then what each run did to the warm start it
+    # started from (suite by suite: a warm start's evaluation may lack suites, see main)
     for a, b in claims + (("grpo-mentor", "warm"), ("grpo-sparse", "warm")) + \
             ((("sft", "warm"), ("sft-slow", "warm")) if sft_from_warm else ()):
         row = ci_row(results, a, b, seeds, suites, starts, lambda r: r.get("correct"))
@@ -479,6 +479,7 @@ def main(argv=None):
     slow = args.sft_slow or any(f.startswith("eval_sft-slow-s") for f in os.listdir(root))
     methods = ["base"] + (["warm"] if p["warm_steps"] else []) + ["sft"] + \
         (["sft-slow"] if slow else []) + [f"grpo-{r}" for r in rewards]
+    slow_sft = f"; sft-slow as sft at lr {cfg.lr:g} (sft: {cfg.sft_lr:g})" if slow else ""
     suites = p.get("suites", SUITES)
     # trained only when asked for (--sft-slow, or named in --runs)
     runs = args.runs or [m for m in methods[1:] if m != "sft-slow" or args.sft_slow]
@@ -499,7 +500,6 @@ def main(argv=None):
 
     def report():
         """table.md and the plots from every evaluation so far (rewritten after each one)."""
-        slow_sft = f"; sft-slow as sft at lr {cfg.lr:g} (sft: {cfg.sft_lr:g})" if slow else ""
         table, summary = tables(results, methods, table_seeds, suites,
                                 p.get("sft_from_warm", False),
                                 {name: started_from(root, name) for name in results})

@@ -355,8 +355,8 @@ def test_replicate_sft_slow_is_sft_at_the_rl_learning_rate(tmp_path, monkeypatch
     assert list(trained) == ["warm-s0", "sft-s0", "grpo-mentor-s0", "grpo-sparse-s0",
                              "sft-slow-s0"]
     sft, slow = trained["sft-s0"], trained["sft-slow-s0"]
-    rl_lr, sft_lr = replicate.Config(**sft).lr, replicate.Config(**sft).sft_lr
-    assert slow["sft_lr"] == rl_lr == 1e-5 and sft_lr == 1e-4
+    cfg = replicate.Config(**sft)
+    assert slow["sft_lr"] == cfg.lr == 1e-5 and cfg.sft_lr == 1e-4
     assert {k: v for k, v in slow.items() if k not in ("sft_lr", "out")} == \
         {k: v for k, v in sft.items() if k not in ("sft_lr", "out")}
     for _ in range(2):                                   # then --report, without the flag
@@ -368,6 +368,7 @@ def test_replicate_sft_slow_is_sft_at_the_rl_learning_rate(tmp_path, monkeypatch
     trained.clear()
     replicate.main(["--preset", "cpu-aliases", "--seeds", "1"])
     assert "sft-slow-s1" not in trained and "grpo-mentor-s1" in trained
+
 
 def test_replicate_tables_every_finished_evaluation(tmp_path, monkeypatch):
     """Seeds 0 and 1 were evaluated in earlier sessions: `--report` tables them without
