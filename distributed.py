@@ -76,11 +76,17 @@ def my_share(items):
     return items[rank()::world()]
 
 
+def backend_device():
+    """Where a collective's tensors must live: NCCL takes CUDA tensors only, gloo CPU ones."""
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" \
+        else torch.device("cpu")
+
+
 def all_sum(x):
     """Sum of a float over ranks (x itself in a world of one)."""
     if world() == 1:
         return x
-    t = torch.tensor([float(x)], dtype=torch.float64)
+    t = torch.tensor([float(x)], dtype=torch.float64, device=backend_device())
     dist.all_reduce(t)
     return t.item()
 
@@ -94,9 +100,7 @@ def sync_gradients(model):
     for p in params:
         if p.grad is None:
             p.grad = torch.zeros_like(p)
-    flat = torch.cat([p.grad.flatten() for p in params])
-    device = "cuda" if flat.is_cuda else "cpu"
-    flat = flat.to(device)
+    flat = torch.cat([p.grad.flatten() for p in params]).to(backend_device())
     dist.all_reduce(flat)
     i = 0
     for p in params:

@@ -5,9 +5,10 @@ The method needs two things from a model, and this module gives them behind two 
     generate(model, prompts, group_size, advance, temperature)   # rollout.py samples with it
     backward(model, batch, loss_fn, dtype) / logprobs(model, batch, dtype)  # train.py's losses
 
-Both would be a few lines with a plain forward per token / per sequence; what is
-here only makes them cheaper, and tests pin each fast path
-against the plain computation (tests/test_rollout.py, tests/test_train_loss.py).
+Both would be a few lines with a plain forward per token / per sequence
+(`reference_logprobs` is the one for log-probs); what is here only makes them cheaper
+or smaller, and tests pin each fast path against the plain computation
+(tests/test_rollout.py, tests/test_train_loss.py, tests/test_gpu_path.py).
 
 Generation (`generate`). Every row starts with the same system prompt (the
 tool schemas, ~850 tokens). It is run once and its KV kept once
@@ -30,6 +31,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 from transformers import AttentionInterface, DynamicCache
 from transformers.cache_utils import Cache, DynamicLayer
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
@@ -38,6 +40,10 @@ from model import autocast
 
 # Tokens fed per generation step across the batch when rows have a tool response to feed.
 FEED_TOKENS_PER_STEP = 32
+# Positions whose logits exist at once in a loss forward or backward (token_logprobs):
+# 1024 x 151,936 x 4 bytes = 0.6 GB for Qwen. The cpu preset's micro-batches (4 rows of at
+# most 192 generated tokens) fit in one chunk, where the chunking changes nothing.
+LOGITS_CHUNK = 1024
 
 
 # ----------------------------------------------------------------------------
@@ -206,18 +212,18 @@ def feed(model, batch, chunks):
     """Run one chunk of new tokens per row, left-padded to a common width -> (n, V) logits
     after each row's last token. Pads are masked out, so their id (0) does not matter."""
     width, dev = max(map(len, chunks)), batch.attn.device
-    ids = torch.zeros(len(chunks), width, dtype=torch.long, device=dev)
-    cmask = torch.zeros(len(chunks), width, dtype=torch.long, device=dev)
-    for k, c in enumerate(chunks):
+    host = torch.zeros(2, len(chunks), width, dtype=torch.long)   # ids, chunk mask: built on
+    for k, c in enumerate(chunks):                                 # the host, then one copy
         if c:
-            ids[k, width - len(c):] = torch.tensor(c, device=dev)
-            cmask[k, width - len(c):] = 1
+            host[0, k, width - len(c):] = torch.tensor(c)
+            host[1, k, width - len(c):] = 1
+    ids, cmask = host.to(dev)
     pos = (batch.n_real[:, None] + cmask.cumsum(1) - 1).clamp(min=0)  # (n, width); pads: masked
     batch.attn = torch.cat([batch.attn, cmask], 1)
     # logits only at the last position. An index tensor, not logits_to_keep=1: the int's
     # slice leaves a strided (n, 1, H) view when width > 1, and the vocabulary projection
     # of a strided 3-D input copies the weight once per row (300 ms a step here)
-    last = torch.tensor([width - 1], device=dev)
+    last = torch.full((1,), width - 1, device=dev)
     with shared_prefix_attention_on(model):
         out = model(input_ids=ids, attention_mask=batch.attn, position_ids=pos, cache=batch.cache,
                     use_cache=True, logits_to_keep=last, shared_kv=batch.shared_kv)
@@ -280,7 +286,8 @@ class SharedPrefix:
     """
 
     def __init__(self, model, ids, detach=True):
-        out = model.get_decoder()(input_ids=ids[None], use_cache=True)
+        with checkpointing_off(model):                        # its cache is written: no re-run
+            out = model.get_decoder()(input_ids=ids[None], use_cache=True)
         cache = getattr(out, "cache", None) or out.past_key_values
         self.roots = [t for layer in cache.layers for t in (layer.keys, layer.values)]
         self.roots.append(out.last_hidden_state[:, -1:])     # (1, 1, H): predicts the next token
@@ -290,11 +297,9 @@ class SharedPrefix:
         self.length = len(ids)
 
     def cache(self, n):
-        c = DynamicCache()
-        kv = self.leaves[:-1]
-        for i in range(0, len(kv), 2):                        # (n, kv_heads, P, head_dim)
-            c.update(kv[i].expand(n, -1, -1, -1), kv[i + 1].expand(n, -1, -1, -1), i // 2)
-        return c
+        kv = self.leaves[:-1]                                 # (1, kv_heads, P, head_dim) each
+        return Cache(layers=[PrefixKV(kv[i].expand(n, -1, -1, -1), kv[i + 1].expand(n, -1, -1, -1))
+                             for i in range(0, len(kv), 2)])
 
     def last_hidden(self, n):
         return self.leaves[-1].expand(n, 1, -1)
@@ -304,6 +309,72 @@ class SharedPrefix:
                  if leaf is not r and leaf.grad is not None]
         if grads:
             torch.autograd.backward([r for r, _ in grads], [g for _, g in grads])
+
+
+class PrefixKV(DynamicLayer):
+    """One layer's shared-prefix KV as a micro-batch reads it: update() returns [prefix ; new]
+    and stores nothing, so a layer run again in backward (--grad-checkpointing) reads the same."""
+
+    def __init__(self, keys, values):
+        super().__init__()
+        self.keys, self.values, self.device, self.is_initialized = keys, values, keys.device, True
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        return torch.cat([self.keys, key_states], -2), torch.cat([self.values, value_states], -2)
+
+
+def set_grad_checkpointing(model, on=True):
+    """Keep each decoder layer's input only, and run the layer again in backward (--grad-
+    checkpointing): activations ~1/10 the size for ~1/3 more compute. transformers drops the
+    cache of a checkpointed layer, since a re-run would write it twice; the micro-batches'
+    PrefixKV is read-only, so their layers keep it, and the SharedPrefix runs unchecked."""
+    if on:
+        model.activation_checkpointing_enable({"use_reentrant": False})
+    else:
+        model.activation_checkpointing_disable()
+    for layer in model.get_decoder().layers:
+        layer._can_checkpoint_with_cache = on
+
+
+@contextmanager
+def checkpointing_off(model):
+    """No gradient checkpointing inside the block (the decoder's and its layers' flags)."""
+    modules = [m for m in model.modules() if getattr(m, "gradient_checkpointing", False)]
+    for m in modules:
+        m.gradient_checkpointing = False
+    try:
+        yield
+    finally:
+        for m in modules:
+            m.gradient_checkpointing = True
+
+
+def _logprobs_of(head, h, targets):
+    """(M, H) hidden states, (M,) next tokens -> (M,) log p(token), in fp32."""
+    return -F.cross_entropy(head(h).float(), targets, reduction="none")
+
+
+def token_logprobs(head, h, targets, chunk=LOGITS_CHUNK):
+    """_logprobs_of over `chunk` positions at a time, so the (M, V) logits never exist at once
+    (what fused linear-cross-entropy kernels do). With gradients each chunk's logits are
+    recomputed in backward instead of kept (torch.utils.checkpoint): the peak is one chunk's,
+    forward or backward. M <= chunk is the plain computation."""
+    if len(h) <= chunk:
+        return _logprobs_of(head, h, targets)
+    parts = []
+    for i in range(0, len(h), chunk):
+        args = (head, h[i:i + chunk], targets[i:i + chunk])
+        parts.append(checkpoint(_logprobs_of, *args, use_reentrant=False)
+                     if torch.is_grad_enabled() else _logprobs_of(*args))
+    return torch.cat(parts)
+
+
+def reference_logprobs(model, ids, attention_mask):
+    """The plain computation the fast path below must equal: one forward over whole rows,
+    (N, T) ids right-padded -> (N, T) log p(ids[:, t] | ids[:, :t]), 0 at t = 0 and on padding."""
+    logits = model(input_ids=ids, attention_mask=attention_mask).logits.float()   # (N, T, V)
+    lp = torch.log_softmax(logits[:, :-1], -1).gather(-1, ids[:, 1:, None])[..., 0]
+    return F.pad(lp, (1, 0)) * attention_mask
 
 
 def sequence_logprobs(model, prefix, ids, attention_mask, needed=None):
@@ -318,7 +389,7 @@ def sequence_logprobs(model, prefix, ids, attention_mask, needed=None):
         (N, T) float32: logp[n, t] = log p(ids[n, t] | prefix, ids[n, :t]) where needed, else 0.
     With a (detached) SharedPrefix, call prefix.backward() after the last
     micro-batch's backward. The vocabulary projection runs only on the needed
-    positions (the logits are the largest tensor by far).
+    positions, LOGITS_CHUNK at a time (the logits are the largest tensor by far).
     """
     N, T = ids.shape
     needed = (attention_mask if needed is None else needed).bool().clone()
@@ -327,15 +398,15 @@ def sequence_logprobs(model, prefix, ids, attention_mask, needed=None):
         prefix = SharedPrefix(model, prefix, detach=False)
     if isinstance(prefix, SharedPrefix):
         full_mask = torch.cat([attention_mask.new_ones(N, prefix.length), attention_mask], 1)
-        h = decoder(input_ids=ids, attention_mask=full_mask, cache=prefix.cache(N)).last_hidden_state
+        h = decoder(input_ids=ids, attention_mask=full_mask, cache=prefix.cache(N),
+                    use_cache=False).last_hidden_state        # PrefixKV: read, never written
         first = prefix.last_hidden(N)                                    # predicts ids[:, 0]
     else:
         h = decoder(input_ids=ids, attention_mask=attention_mask).last_hidden_state
         first = torch.zeros_like(h[:, :1])
         needed[:, 0] = False                          # the first token has no context
     h = torch.cat([first, h[:, :-1]], 1)              # (N, T, H): h[:, t] predicts ids[:, t]
-    logits = head(h[needed]).float()                  # (M, V), M = needed positions
-    lp = -F.cross_entropy(logits, ids[needed], reduction="none")         # (M,)
+    lp = token_logprobs(head, h[needed], ids[needed])                    # (M,) needed positions
     return torch.zeros(N, T, device=ids.device).index_put((needed,), lp)
 
 
@@ -363,10 +434,20 @@ def shared_prefix_ids(seqs, device):
     return torch.tensor(seqs[0][0][:P], dtype=torch.long, device=device)
 
 
-def micro_batches(seqs, size):
-    """Row indices in groups of `size`, rows of similar length together (less padding)."""
-    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i][0]) + len(seqs[i][1]))
-    return [order[i:i + size] for i in range(0, len(order), size)]
+def micro_batches(lengths, size, max_tokens=0):
+    """Row indices in micro-batches of at most `size` rows and, if max_tokens, at most
+    max_tokens padded tokens (rows x the longest row's length): memory is bounded by
+    tokens, not rows. Rows of similar length go together (less padding); a row longer
+    than max_tokens is a micro-batch of its own."""
+    out = []
+    for i in sorted(range(len(lengths)), key=lambda i: lengths[i]):   # ascending: row i is the
+        fits = out and len(out[-1]) < size and \
+            (not max_tokens or (len(out[-1]) + 1) * lengths[i] <= max_tokens)   # longest so far
+        if fits:
+            out[-1].append(i)
+        else:
+            out.append([i])
+    return out
 
 
 @dataclass
@@ -384,11 +465,14 @@ class Batch:
     n_tokens: float            # loss-mask tokens in all micro-batches
 
 
-def make_batch(seqs, micro_batch, pad_id, device):
-    """[(prompt_ids, ids, mask)] -> Batch, packed once for every pass over it."""
+def make_batch(seqs, micro_batch, pad_id, device, max_tokens=0):
+    """[(prompt_ids, ids, mask)] -> Batch, packed once for every pass over it; micro-batches of
+    at most micro_batch rows and max_tokens padded tokens (0: no bound)."""
     prefix_ids = shared_prefix_ids(seqs, device)
-    micro = [MicroBatch(idx, *pack([seqs[i] for i in idx], len(prefix_ids), pad_id, device))
-             for idx in micro_batches(seqs, micro_batch)]
+    P = len(prefix_ids)
+    lengths = [len(p) - P + len(ids) for p, ids, _ in seqs]
+    micro = [MicroBatch(idx, *pack([seqs[i] for i in idx], P, pad_id, device))
+             for idx in micro_batches(lengths, micro_batch, max_tokens)]
     return Batch(prefix_ids, micro, sum(mb.mask.sum().item() for mb in micro))
 
 

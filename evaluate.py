@@ -40,7 +40,6 @@ from model import (PRECISIONS, ModelNotAvailable, compute_dtype, load_model, mac
 from rollout import generate_rollouts
 from teacher import apply_teacher_tools
 from tasks import load_suite
-from tools import parse_tool_calls
 
 
 def jsd(p, q):
@@ -93,27 +92,29 @@ def trained_suites(name_or_path):
         return (json.load(f)["suite"],)
 
 
-def is_correct(rollout, suite):
-    """The suite's own check of the calls where it has one (BFCL), else the boxed answer."""
-    if suite.check:
-        return bool(suite.check(parse_tool_calls("".join(rollout.turns)), rollout.problem))
-    return rollout.correct
+GENERATION_DEFAULTS = {"max_turns": 5, "max_new_tokens": 128, "max_total_tokens": 384}
 
 
-def shown_tools(problem, suite):
-    """Names of the tools the model was shown for this problem."""
-    return {s["name"] for s in problem["schemas"]} if "schemas" in problem else set(suite.tools)
+def generation_limits(name_or_path):
+    """The turn and token limits a train.py run folder trained with (its run.json: a GPU run
+    of the gpu preset writes 512 tokens a turn), else GENERATION_DEFAULTS."""
+    meta = os.path.join(name_or_path or "", "run.json")
+    if not os.path.isfile(meta):
+        return dict(GENERATION_DEFAULTS)
+    with open(meta) as f:
+        run = json.load(f)
+    return {k: run.get(k, v) for k, v in GENERATION_DEFAULTS.items()}
 
 
 def used_tools(rollout, suite):
-    """The set of shown tools a rollout called (S in the reward; unparsable calls left out)."""
-    return {n for n in rollout.tool_calls if n in shown_tools(rollout.problem, suite)}
+    """The set of valid tools a rollout called (S in the reward; unparsable calls left out)."""
+    return {n for n in rollout.tool_calls if n in suite.valid_tools(rollout.problem)}
 
 
 def tool_use_per_problem(rollouts, suite):
     """Per rollout, 0/1: its valid tool set S equals the teacher's T (tool_set_match); it
     names a tool it was not shown (hallucinated_tool_rate). Kept per problem for paired CIs."""
-    shown = [shown_tools(r.problem, suite) for r in rollouts]
+    shown = [suite.valid_tools(r.problem) for r in rollouts]
     return {"tool_set_match": [int(used_tools(r, suite) == set(r.problem["teacher_tools"]))
                                for r in rollouts],
             "hallucinated_tool_rate": [int(any(n is not None and n not in v for n in r.tool_calls))
@@ -124,11 +125,11 @@ def rollout_metrics(rollouts, suite):
     """What rollouts did: accuracy and tool use. One definition for train.py's step logs and
     evaluation tables. A hallucinated tool is a parsed call naming a tool not shown."""
     calls = [r.tool_calls for r in rollouts]                  # names; None: unparsable
-    shown = [shown_tools(r.problem, suite) for r in rollouts]
+    shown = [suite.valid_tools(r.problem) for r in rollouts]
     n_calls = sum(map(len, calls))
     per = tool_use_per_problem(rollouts, suite)
     return {
-        "accuracy": float(np.mean([is_correct(r, suite) for r in rollouts])),
+        "accuracy": float(np.mean([suite.is_correct(r) for r in rollouts])),
         "tool_call_rate": float(np.mean([bool(c) for c in calls])),
         "boxed_rate": float(np.mean([r.answer is not None for r in rollouts])),
         "truncated_rate": float(np.mean([r.truncated for r in rollouts])),
@@ -156,7 +157,7 @@ def evaluate_suite(model, tok, name, limit=None, batch_size=16, temperature=0.0,
                                       suite.schemas, max_turns=suite.max_turns or max_turns,
                                       max_new_tokens=max_new_tokens,
                                       max_total_tokens=max_total_tokens, temperature=temperature)
-    correct = [is_correct(r, suite) for r in rollouts]
+    correct = [suite.is_correct(r) for r in rollouts]
     used = [used_tools(r, suite) for r in rollouts]
     out = {"n": len(rollouts), "split": "test" if name in trained_on else "all",
            **rollout_metrics(rollouts, suite),
@@ -176,8 +177,10 @@ def evaluate_model(name_or_path, suites, limit=None, device=None, precision="aut
                    trained_on=None, on_suite=None, **kw):
     """{suite: metrics}. `limit`: problems per suite, or a dict {suite: limit}. `trained_on`:
     suites scored on their test split (default: the one a run folder trained on). `on_suite`:
-    called with the results so far after each suite (replicate.py saves them)."""
+    called with the results so far after each suite (replicate.py saves them). Generation
+    limits not given (None) are the run folder's (generation_limits)."""
     trained_on = trained_suites(name_or_path) if trained_on is None else trained_on
+    kw = {**generation_limits(name_or_path), **{k: v for k, v in kw.items() if v is not None}}
     release_memory()            # what a training in this process left (replicate.py) goes back
     device = pick_device(device)                 # weights in the dtype train.py samples in
     tok, model = load_model(name_or_path, device=device, dtype=compute_dtype(device, precision))
@@ -277,9 +280,9 @@ def main(argv=None):
                     "first n hold n/5 of each category)")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--temperature", type=float, default=0.0)
-    ap.add_argument("--max-turns", type=int, default=5)
-    ap.add_argument("--max-new-tokens", type=int, default=128)
-    ap.add_argument("--max-total-tokens", type=int, default=384)
+    for flag in GENERATION_DEFAULTS:
+        ap.add_argument("--" + flag.replace("_", "-"), type=int, help=f"default: the run "
+                        f"folder's (run.json), else {GENERATION_DEFAULTS[flag]}")
     ap.add_argument("--teacher", help="teacher.py JSONL whose teacher_tools take precedence")
     ap.add_argument("--device")
     ap.add_argument("--precision", default="auto", choices=PRECISIONS,

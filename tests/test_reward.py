@@ -1,4 +1,4 @@
-"""Every row of PAPER.md's reward table, worked out by hand."""
+"""Every row of the reward table in docs/paper.md, worked out by hand."""
 import pytest
 
 from reward import reward, tool_f1
@@ -69,3 +69,24 @@ def test_empty_teacher_set_matches_a_student_without_tools():
 def test_unknown_variant_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown reward"):
         r("dense")
+
+
+def test_valid_tools_are_the_ones_shown_to_the_problem(math_suite):
+    """compute_reward and the metrics share one definition (tasks.Suite.valid_tools): a problem
+    shown only `add` whose correct rollout calls add and multiply hallucinated multiply, so
+    S = {add} = T: 0.7 + 0.3 + 0 = 1.0 (scoring against the suite's tools gave 0.8)."""
+    from evaluate import tool_use_per_problem
+    from reward import compute_reward
+    from rollout import Rollout
+    add = next(s for s in math_suite.schemas if s["function"]["name"] == "add")
+    problem = {"question": "3 + 4?", "answer": "7", "teacher_tools": ["add"], "schemas": [add]}
+    rollout = Rollout(problem, [], turns=["<tool_call>...</tool_call>", "\\boxed{7}"],
+                      tool_calls=["add", "multiply"], answer="7")
+    assert math_suite.valid_tools(problem) == {"add"}
+    assert compute_reward("mentor", rollout, math_suite) == (
+        1.0, {"answer": 0.7, "tool": 0.3, "no_hallucination": 0.0})
+    assert tool_use_per_problem([rollout], math_suite) == {
+        "tool_set_match": [1], "hallucinated_tool_rate": [1]}
+    # without its own schemas a problem shows the suite's tools: multiply is valid there
+    del problem["schemas"]
+    assert compute_reward("mentor", rollout, math_suite)[0] == pytest.approx(0.8)
