@@ -185,7 +185,7 @@ def shard_optimizer_state(opt, state):
 def mean_metrics(m):
     """Numeric step metrics averaged over ranks (each saw as many rollouts, of its own groups;
     a key a rank lacks counts 0 there). Others are rank 0's. Means average exactly so; a std
-    does not (train.step_reward_metrics pools the rewards themselves)."""
+    does not (runs.step_reward_metrics pools the rewards themselves)."""
     ms = gather(m)
     if len(ms) == 1:
         return m

@@ -49,17 +49,12 @@ LOGITS_CHUNK = 1024
 # ----------------------------------------------------------------------------
 # Generation
 
-def _sample(logits, temperature, top_p):
+def _sample(logits, temperature):
     """(N, V) logits -> (N,) token ids, by inverse-CDF sampling (one uniform number per row:
     5x cheaper than torch.multinomial, which draws V exponentials per row)."""
     if temperature == 0:
         return logits.argmax(-1)
     probs = torch.softmax(logits.float() / temperature, -1)
-    if top_p < 1.0:
-        sorted_p, idx = probs.sort(-1, descending=True)
-        drop = sorted_p.cumsum(-1) - sorted_p > top_p   # keep the smallest set reaching top_p
-        sorted_p[drop] = 0
-        probs = torch.zeros_like(probs).scatter(-1, idx, sorted_p)
     cdf = probs.cumsum(-1)                                           # (N, V)
     u = torch.rand(len(cdf), 1, device=cdf.device) * cdf[:, -1:]    # (N, 1) in [0, total)
     # first token whose cdf exceeds u (right=True never picks a zero-probability token)
@@ -232,7 +227,7 @@ def feed(model, batch, chunks):
 
 
 @torch.inference_mode()
-def generate(model, prompts, group_size, advance, temperature=1.0, top_p=1.0):
+def generate(model, prompts, group_size, advance, temperature=1.0):
     """Sample len(prompts) * group_size rows (problem-major: row b * group_size + g).
 
     advance(row, token) -> the tokens to feed row `row` next (the sampled token
@@ -249,7 +244,7 @@ def generate(model, prompts, group_size, advance, temperature=1.0, top_p=1.0):
         # 1. every row that has fed all its tokens samples one
         ready = [k for k, i in enumerate(active) if not pending[i]]
         keep = [k for k, i in enumerate(active) if pending[i]]
-        next_ids = _sample(logits[ready], temperature, top_p).tolist() if ready else []
+        next_ids = _sample(logits[ready], temperature).tolist() if ready else []
         for k, t in zip(ready, next_ids):
             tokens = advance(active[k], t)
             if tokens is not None:
@@ -486,23 +481,21 @@ def logprobs(model, batch, dtype):
 
 
 def backward(model, batch, loss_fn, dtype):
-    """Accumulate the gradient of the batch's token-mean loss into model's .grad.
+    """Accumulate the gradient of the batch's loss into model's .grad.
 
-    loss_fn(k, micro_batch, logp) -> (token-mean loss of micro-batch k, {name: float});
-    each micro-batch is weighted by its share of the batch's tokens, so the sum is the
-    token mean over the whole batch. Returns (loss, {name: token-weighted mean}).
+    loss_fn(k, micro_batch, logp) -> (micro-batch k's part of the batch's loss, {name: its part
+    of each metric}); the parts add up (train.batch_share weights each micro-batch by its share
+    of the batch's tokens, so they sum to the token mean). Returns {name: the sum of the parts}.
     """
     with autocast(model, dtype):
         prefix = SharedPrefix(model, batch.prefix_ids)          # the system prompt, once per pass
-    total, stats = 0.0, {}
+    stats = {}
     for k, mb in enumerate(batch.micro):
         with autocast(model, dtype):
             logp = sequence_logprobs(model, prefix, mb.tokens, mb.attn, mb.mask)
         loss, m = loss_fn(k, mb, logp)
-        w = mb.mask.sum().item() / batch.n_tokens
-        (loss * w).backward()
-        total += loss.item() * w
+        loss.backward()
         for name, v in m.items():
-            stats[name] = stats.get(name, 0.0) + v * w
+            stats[name] = stats.get(name, 0.0) + v
     prefix.backward()
-    return total, stats
+    return stats

@@ -36,7 +36,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from tqdm import tqdm
 
 from model import (PRECISIONS, ModelNotAvailable, compute_dtype, load_model, machine, pick_device,
-                   release_memory)
+                   release_memory, rollout_weights)
 from rollout import generate_rollouts
 from teacher import apply_teacher_tools
 from tasks import load_suite
@@ -142,6 +142,32 @@ def rollout_metrics(rollouts, suite):
     }
 
 
+def greedy_rollouts(model, tok, suite, problems, batch_size=16, temperature=0.0, max_turns=5,
+                    max_new_tokens=128, max_total_tokens=384, progress=False):
+    """The one evaluation loop (evaluate_suite and train.py's held-out evaluations): rollouts
+    of `problems` in batches, greedy unless temperature > 0, with the suite's own turn limit
+    where it has one (BFCL: 1)."""
+    rollouts = []
+    for i in tqdm(range(0, len(problems), batch_size), desc=suite.name, disable=not progress):
+        rollouts += generate_rollouts(model, tok, problems[i:i + batch_size], suite.tools,
+                                      suite.schemas, max_turns=suite.max_turns or max_turns,
+                                      max_new_tokens=max_new_tokens,
+                                      max_total_tokens=max_total_tokens, temperature=temperature)
+    return rollouts
+
+
+@torch.no_grad()
+def accuracy(model, tok, suite, problems, cfg, batch_size=25):
+    """Greedy accuracy of a model in training, with a train.Config's precision and generation
+    limits, sampled as its rollouts are (from a bf16 copy where bf16 is native): the rates of
+    rollout_metrics and each problem's 0/1 ("correct")."""
+    model.eval()
+    policy = rollout_weights(model, compute_dtype(model.device, cfg.precision))
+    rs = greedy_rollouts(policy, tok, suite, problems, batch_size, max_turns=cfg.max_turns,
+                         max_new_tokens=cfg.max_new_tokens, max_total_tokens=cfg.max_total_tokens)
+    return {**rollout_metrics(rs, suite), "correct": [int(suite.is_correct(r)) for r in rs]}
+
+
 def evaluate_suite(model, tok, name, limit=None, batch_size=16, temperature=0.0, max_turns=5,
                    max_new_tokens=128, max_total_tokens=384, teacher_file=None, progress=True,
                    trained_on=()):
@@ -151,12 +177,8 @@ def evaluate_suite(model, tok, name, limit=None, batch_size=16, temperature=0.0,
     problems = (suite.split("test") if name in trained_on else suite.problems)[:limit]
     if teacher_file:
         problems = apply_teacher_tools(problems, teacher_file)
-    rollouts = []
-    for i in tqdm(range(0, len(problems), batch_size), desc=name, disable=not progress):
-        rollouts += generate_rollouts(model, tok, problems[i:i + batch_size], suite.tools,
-                                      suite.schemas, max_turns=suite.max_turns or max_turns,
-                                      max_new_tokens=max_new_tokens,
-                                      max_total_tokens=max_total_tokens, temperature=temperature)
+    rollouts = greedy_rollouts(model, tok, suite, problems, batch_size, temperature, max_turns,
+                               max_new_tokens, max_total_tokens, progress)
     correct = [suite.is_correct(r) for r in rollouts]
     used = [used_tools(r, suite) for r in rollouts]
     out = {"n": len(rollouts), "split": "test" if name in trained_on else "all",

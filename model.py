@@ -57,11 +57,8 @@ class ModelNotAvailable(RuntimeError):
     """The model is neither a known short name, a local folder nor in the HF cache."""
 
 
-def pick_device(device=None):
-    if device:
-        return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
+# ----------------------------------------------------------------------------
+# Precision
 
 MASTER_DTYPE = torch.float32   # weights, gradients and AdamW state: see the rule above
 
@@ -85,29 +82,6 @@ def compute_dtype(device, precision="auto"):
     return torch.bfloat16 if bf16_native(device) else torch.float32
 
 
-def release_memory():
-    """Give the memory of freed tensors back to the OS. glibc keeps freed heap pages for
-    reuse, so a process that has trained keeps its training peak: after 3 SFT steps on the
-    aliased math suite one held 10.5 GB, and 0.6 GB after malloc_trim (gc.collect() alone
-    freed nothing; 2-core AVX-512, bf16). replicate.py trains and then
-    evaluates in one process: without this its evaluation ran beside 8 GB of dead heap, and
-    a test run beside a paused replication (17.7 GB) got it killed for memory."""
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):       # not glibc (macOS, musl): nothing to trim
-        pass
-
-
-def machine(device=None, precision="auto"):
-    """Where a figure was measured: '2 CPU cores (AVX2), matmuls in fp32' (results differ in
-    the last bits between the two kinds of CPU, whose 'auto' precision differs)."""
-    device = pick_device(device)
-    where = torch.cuda.get_device_name(device) if device.type == "cuda" else \
-        f"{os.cpu_count()} CPU cores ({torch.backends.cpu.get_cpu_capability()})"
-    return f"{where}, matmuls in {str(compute_dtype(device, precision)).replace('torch.', '')}"
-
-
 def autocast(model, dtype):
     """Mixed precision for forwards that train: weights stay fp32 (what AdamW updates),
     matmuls run in `dtype`; log-probs are taken in fp32.
@@ -124,6 +98,76 @@ def rollout_weights(model, dtype):
         return model
     return copy.deepcopy(model).to(dtype).requires_grad_(False).eval()
 
+
+# ----------------------------------------------------------------------------
+# Loading
+
+def load_model(name_or_path=None, device=None, dtype=MASTER_DTYPE):
+    """Return (tokenizer, model) on `device` in `dtype` (fp32 to train; evaluation may load
+    bf16 weights where bf16 is native), in eval mode.
+
+    Raises ModelNotAvailable with one line saying how to get the model when it
+    is not on disk (there is no network here, so no hub download is tried).
+    """
+    source, checkpoint = resolve(name_or_path)
+    device = pick_device(device)
+    dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+    local = os.path.isdir(source)
+    try:
+        tok = AutoTokenizer.from_pretrained(source, local_files_only=not local and _offline())
+        model = AutoModelForCausalLM.from_pretrained(
+            source, dtype=dtype, local_files_only=not local and _offline())
+    except OSError as e:
+        raise ModelNotAvailable(
+            f"model '{name_or_path}' ({source}) is not available offline: on a machine with "
+            f"network run `huggingface-cli download {source}` (or pass a local folder); "
+            f"detail: {str(e).splitlines()[0]}") from None
+    if checkpoint:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        model.load_state_dict(state["model"])
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    model.to(device).eval()
+    return tok, model
+
+
+def resolve(name_or_path):
+    """Map a short name, run folder, local folder or HF id to something from_pretrained reads.
+
+    Returns (source, checkpoint): checkpoint is a train.py run folder's
+    checkpoint file whose weights go on top of the base model, else None.
+    """
+    name = name_or_path or DEFAULT_STUDENT
+    run_meta = os.path.join(name, "run.json")
+    if os.path.isfile(run_meta):  # a train.py output folder
+        with open(run_meta) as f:
+            base = json.load(f)["student"]
+        return resolve(base)[0], os.path.join(name, CHECKPOINT_FILE)
+    spec = SHORT_NAMES.get(name, name)
+    if spec.startswith("gguf:"):
+        return _load_gguf(spec), None
+    return spec, None
+
+
+def pick_device(device=None):
+    if device:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def stop_token_ids(tok, model):
+    """Token ids that end an assistant turn: EOS ids from the configs plus <|im_end|>."""
+    ids = set()
+    for src in (model.generation_config.eos_token_id, tok.eos_token_id):
+        ids.update(src if isinstance(src, (list, tuple)) else [src] if src is not None else [])
+    im_end = tok.convert_tokens_to_ids("<|im_end|>")
+    if isinstance(im_end, int) and im_end != tok.unk_token_id:
+        ids.add(im_end)
+    return sorted(ids)
+
+
+# ----------------------------------------------------------------------------
+# Plumbing: the embedded GGUF student, the hub, the machine, freed memory
 
 def _gguf_source(spec):
     """'gguf:package/file.gguf' -> (folder, file) inside the installed package."""
@@ -159,64 +203,29 @@ def _load_gguf(spec):
     return cached
 
 
-def resolve(name_or_path):
-    """Map a short name, run folder, local folder or HF id to something from_pretrained reads.
-
-    Returns (source, checkpoint): checkpoint is a train.py run folder's
-    checkpoint file whose weights go on top of the base model, else None.
-    """
-    name = name_or_path or DEFAULT_STUDENT
-    run_meta = os.path.join(name, "run.json")
-    if os.path.isfile(run_meta):  # a train.py output folder
-        with open(run_meta) as f:
-            base = json.load(f)["student"]
-        return resolve(base)[0], os.path.join(name, CHECKPOINT_FILE)
-    spec = SHORT_NAMES.get(name, name)
-    if spec.startswith("gguf:"):
-        return _load_gguf(spec), None
-    return spec, None
-
-
-def load_model(name_or_path=None, device=None, dtype=MASTER_DTYPE):
-    """Return (tokenizer, model) on `device` in `dtype` (fp32 to train; evaluation may load
-    bf16 weights where bf16 is native), in eval mode.
-
-    Raises ModelNotAvailable with one line saying how to get the model when it
-    is not on disk (there is no network here, so no hub download is tried).
-    """
-    source, checkpoint = resolve(name_or_path)
-    device = pick_device(device)
-    dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
-    local = os.path.isdir(source)
-    try:
-        tok = AutoTokenizer.from_pretrained(source, local_files_only=not local and _offline())
-        model = AutoModelForCausalLM.from_pretrained(
-            source, dtype=dtype, local_files_only=not local and _offline())
-    except OSError as e:
-        raise ModelNotAvailable(
-            f"model '{name_or_path}' ({source}) is not available offline: on a machine with "
-            f"network run `huggingface-cli download {source}` (or pass a local folder); "
-            f"detail: {str(e).splitlines()[0]}") from None
-    if checkpoint:
-        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
-        model.load_state_dict(state["model"])
-    if tok.pad_token_id is None:
-        tok.pad_token = tok.eos_token
-    model.to(device).eval()
-    return tok, model
-
-
 def _offline():
     """Skip the hub unless the user explicitly allows it (HF_HUB_OFFLINE=0)."""
     return os.environ.get("HF_HUB_OFFLINE", "1") != "0"
 
 
-def stop_token_ids(tok, model):
-    """Token ids that end an assistant turn: EOS ids from the configs plus <|im_end|>."""
-    ids = set()
-    for src in (model.generation_config.eos_token_id, tok.eos_token_id):
-        ids.update(src if isinstance(src, (list, tuple)) else [src] if src is not None else [])
-    im_end = tok.convert_tokens_to_ids("<|im_end|>")
-    if isinstance(im_end, int) and im_end != tok.unk_token_id:
-        ids.add(im_end)
-    return sorted(ids)
+def machine(device=None, precision="auto"):
+    """Where a figure was measured: '2 CPU cores (AVX2), matmuls in fp32' (results differ in
+    the last bits between the two kinds of CPU, whose 'auto' precision differs)."""
+    device = pick_device(device)
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else \
+        f"{os.cpu_count()} CPU cores ({torch.backends.cpu.get_cpu_capability()})"
+    return f"{where}, matmuls in {str(compute_dtype(device, precision)).replace('torch.', '')}"
+
+
+def release_memory():
+    """Give the memory of freed tensors back to the OS. glibc keeps freed heap pages for
+    reuse, so a process that has trained keeps its training peak: after 3 SFT steps on the
+    aliased math suite one held 10.5 GB, and 0.6 GB after malloc_trim (gc.collect() alone
+    freed nothing; 2-core AVX-512, bf16). replicate.py trains and then
+    evaluates in one process: without this its evaluation ran beside 8 GB of dead heap, and
+    a test run beside a paused replication (17.7 GB) got it killed for memory."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):       # not glibc (macOS, musl): nothing to trim
+        pass

@@ -34,7 +34,7 @@ import urllib.request
 from tqdm import tqdm
 
 from model import load_model
-from rollout import generate_rollouts, prompt_messages
+from rollout import encode_prompt, generate_rollouts, prompt_messages, trajectory_ids
 from tools import execute_tool_call, tool_call_bodies, tool_names_in
 from tasks import answers_match, extract_boxed, load_suite
 
@@ -42,6 +42,131 @@ REFERENCE = "reference"
 HTTP_TIMEOUT_S = 60
 HTTP_RETRIES = 4          # attempts per request on 429 / 5xx / connection errors / bad JSON
 BACKOFF_S = 1.0           # doubled after each failed attempt
+
+
+# ----------------------------------------------------------------------------
+# Teachers: each maps a list of problems to one finished conversation per problem
+
+def reference_messages(problem, tools):
+    """REFERENCE SOLVER (not an LLM): replay the generator's solution with the real tools."""
+    messages, result = [], None
+    for i, call in enumerate(problem["solution"]):
+        messages.append({"role": "assistant", "content":
+                         f"<think>Step {i + 1}: {call['name']}.</think>\n"
+                         f"<tool_call>{json.dumps(call)}</tool_call>"})
+        _, response = execute_tool_call(json.dumps(call), tools)
+        messages.append({"role": "tool", "content": response})
+        result = json.loads(response).get("result")
+    messages.append({"role": "assistant", "content":
+                     f"<think>The last result answers the question.</think>\n"
+                     f"The answer is \\boxed{{{result}}}."})
+    return messages
+
+
+def local_teacher(tok, model, suite, **gen):
+    """A local causal LM as teacher, through the same rollout code as the student."""
+
+    def attempt(problems):
+        rollouts = generate_rollouts(model, tok, problems, suite.tools, suite.schemas, **gen)
+        return [r.messages() for r in rollouts]
+    return attempt
+
+
+def server_teacher(url, model_name, suite, max_turns=5, api_key=None):
+    """OpenAI-compatible chat completions; tools passed as `tools` and described in the prompt."""
+    endpoint = url.rstrip("/") + "/chat/completions"
+
+    def solve(problem):
+        # the tools this problem shows, in the API's {"type": "function", ...} wrapping
+        schemas = [s if "function" in s else {"type": "function", "function": s}
+                   for s in problem.get("schemas", suite.schemas)]
+        chat = prompt_messages(problem["question"], schemas)
+        out = []
+        for _ in range(max_turns):
+            reply = http_json(endpoint, {"model": model_name, "messages": chat,
+                                         "tools": schemas, "temperature": 0.7}, api_key)
+            msg = reply["choices"][0]["message"]
+            text = msg.get("content") or ""
+            calls = [json.dumps({"name": c["function"]["name"],
+                                 "arguments": _maybe_json(c["function"].get("arguments"))})
+                     for c in msg.get("tool_calls") or []]
+            text += "".join(f"\n<tool_call>{c}</tool_call>" for c in calls)
+            bodies = tool_call_bodies(text)
+            out.append({"role": "assistant", "content": text})
+            chat.append({"role": "assistant", "content": text})
+            if not bodies:
+                break
+            for body in bodies:
+                response = execute_tool_call(body, suite.tools)[1]
+                out.append({"role": "tool", "content": response})
+                chat.append({"role": "user", "content": f"<tool_response>\n{response}\n</tool_response>"})
+        return out
+
+    return lambda problems: [solve(p) for p in problems]
+
+
+def final_answer(messages):
+    turns = [m["content"] for m in messages if m["role"] == "assistant"]
+    return extract_boxed("".join(turns))
+
+
+def called_tools(messages):
+    text = "".join(m["content"] for m in messages if m["role"] == "assistant")
+    return sorted({n for n in tool_names_in(text) if n is not None})
+
+
+def run_teacher(problems, attempt, teacher_id, out, attempts=1, batch_size=8, progress=True):
+    """Rejection-sample each problem not yet in `out`; append one line per problem."""
+    done = {r["question"] for r in read_cache(out)}
+    todo = [p for p in problems if p["question"] not in done]
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    for start in tqdm(range(0, len(todo), batch_size), disable=not progress, desc=teacher_id):
+        batch = todo[start:start + batch_size]
+        kept = [None] * len(batch)
+        tries = [0] * len(batch)
+        for _ in range(attempts):
+            open_ = [i for i, k in enumerate(kept) if k is None]
+            if not open_:
+                break
+            for i, messages in zip(open_, attempt([batch[i] for i in open_])):
+                tries[i] += 1
+                if answers_match(final_answer(messages), batch[i]["answer"]):
+                    kept[i] = messages
+        for p, messages, n in zip(batch, kept, tries):
+            append_record(out, {"question": p["question"], "answer": p["answer"],
+                                "teacher": teacher_id, "attempts": n, "solved": messages is not None,
+                                "teacher_tools": called_tools(messages) if messages else [],
+                                "messages": messages})
+    return read_cache(out)
+
+
+def trajectories(source, suite, tok):
+    """[(prompt_ids, ids, mask)] of the teacher's correct trajectories on the suite's training
+    split, tokenised as the student's rollouts are (train.py's SFT data). source: a trajectory
+    JSONL written by this script, or "reference" (the offline solver, run here)."""
+    train = suite.split("train")
+    if source == REFERENCE:
+        if not all("solution" in p for p in train):
+            sys.exit(f"suite {suite.name} has no reference solutions: run teacher.py and pass "
+                     f"--teacher TRAJ.jsonl")
+        pairs = [(p, reference_messages(p, suite.tools)) for p in train]
+    else:
+        shown = {p["question"]: p for p in train}
+        pairs = [(shown.get(r["question"], {"question": r["question"]}), r["messages"])
+                 for r in read_cache(source) if r["solved"]]
+    if not pairs:
+        sys.exit(f"no solved teacher trajectories in {source}")
+    # the prompt shows the tools the problem shows (its own `schemas`, else the suite's), as
+    # the rollouts do
+    return [(encode_prompt(tok, p["question"], p.get("schemas", suite.schemas)),
+             *trajectory_ids(tok, m)) for p, m in pairs]
+
+
+def summary(rows):
+    solved = [r for r in rows if r["solved"]]
+    dist = collections.Counter(t for r in solved for t in r["teacher_tools"])
+    return (f"questions {len(rows)} | solved {len(solved)} | attempts used "
+            f"{sum(r['attempts'] for r in rows)} | tool use {dict(dist.most_common())}")
 
 
 # ----------------------------------------------------------------------------
@@ -90,33 +215,7 @@ def apply_teacher_tools(problems, path):
 
 
 # ----------------------------------------------------------------------------
-# Teachers: each maps a list of problems to one finished conversation per problem
-# (messages after the prompt: assistant turns and tool results) for one attempt.
-
-def reference_messages(problem, tools):
-    """REFERENCE SOLVER (not an LLM): replay the generator's solution with the real tools."""
-    messages, result = [], None
-    for i, call in enumerate(problem["solution"]):
-        messages.append({"role": "assistant", "content":
-                         f"<think>Step {i + 1}: {call['name']}.</think>\n"
-                         f"<tool_call>{json.dumps(call)}</tool_call>"})
-        _, response = execute_tool_call(json.dumps(call), tools)
-        messages.append({"role": "tool", "content": response})
-        result = json.loads(response).get("result")
-    messages.append({"role": "assistant", "content":
-                     f"<think>The last result answers the question.</think>\n"
-                     f"The answer is \\boxed{{{result}}}."})
-    return messages
-
-
-def local_teacher(tok, model, suite, **gen):
-    """A local causal LM as teacher, through the same rollout code as the student."""
-
-    def attempt(problems):
-        rollouts = generate_rollouts(model, tok, problems, suite.tools, suite.schemas, **gen)
-        return [r.messages() for r in rollouts]
-    return attempt
-
+# The HTTP client of server_teacher: standard library, timeouts, retries with backoff
 
 def http_json(url, payload, api_key=None):
     """POST JSON, retrying 429/5xx/connection errors/unparsable bodies with backoff."""
@@ -144,39 +243,6 @@ def http_json(url, payload, api_key=None):
     raise RuntimeError(f"teacher server {url} failed after {retries} attempts: {last}")
 
 
-def server_teacher(url, model_name, suite, max_turns=5, api_key=None):
-    """OpenAI-compatible chat completions; tools passed as `tools` and described in the prompt."""
-    endpoint = url.rstrip("/") + "/chat/completions"
-
-    def solve(problem):
-        # the tools this problem shows, in the API's {"type": "function", ...} wrapping
-        schemas = [s if "function" in s else {"type": "function", "function": s}
-                   for s in problem.get("schemas", suite.schemas)]
-        chat = prompt_messages(problem["question"], schemas)
-        out = []
-        for _ in range(max_turns):
-            reply = http_json(endpoint, {"model": model_name, "messages": chat,
-                                         "tools": schemas, "temperature": 0.7}, api_key)
-            msg = reply["choices"][0]["message"]
-            text = msg.get("content") or ""
-            calls = [json.dumps({"name": c["function"]["name"],
-                                 "arguments": _maybe_json(c["function"].get("arguments"))})
-                     for c in msg.get("tool_calls") or []]
-            text += "".join(f"\n<tool_call>{c}</tool_call>" for c in calls)
-            bodies = tool_call_bodies(text)
-            out.append({"role": "assistant", "content": text})
-            chat.append({"role": "assistant", "content": text})
-            if not bodies:
-                break
-            for body in bodies:
-                response = execute_tool_call(body, suite.tools)[1]
-                out.append({"role": "tool", "content": response})
-                chat.append({"role": "user", "content": f"<tool_response>\n{response}\n</tool_response>"})
-        return out
-
-    return lambda problems: [solve(p) for p in problems]
-
-
 def _maybe_json(args):
     if isinstance(args, str):
         try:
@@ -184,48 +250,6 @@ def _maybe_json(args):
         except ValueError:
             return args
     return args or {}
-
-
-def final_answer(messages):
-    turns = [m["content"] for m in messages if m["role"] == "assistant"]
-    return extract_boxed("".join(turns))
-
-
-def called_tools(messages):
-    text = "".join(m["content"] for m in messages if m["role"] == "assistant")
-    return sorted({n for n in tool_names_in(text) if n is not None})
-
-
-def run_teacher(problems, attempt, teacher_id, out, attempts=1, batch_size=8, progress=True):
-    """Rejection-sample each problem not yet in `out`; append one line per problem."""
-    done = {r["question"] for r in read_cache(out)}
-    todo = [p for p in problems if p["question"] not in done]
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    for start in tqdm(range(0, len(todo), batch_size), disable=not progress, desc=teacher_id):
-        batch = todo[start:start + batch_size]
-        kept = [None] * len(batch)
-        tries = [0] * len(batch)
-        for _ in range(attempts):
-            open_ = [i for i, k in enumerate(kept) if k is None]
-            if not open_:
-                break
-            for i, messages in zip(open_, attempt([batch[i] for i in open_])):
-                tries[i] += 1
-                if answers_match(final_answer(messages), batch[i]["answer"]):
-                    kept[i] = messages
-        for p, messages, n in zip(batch, kept, tries):
-            append_record(out, {"question": p["question"], "answer": p["answer"],
-                                "teacher": teacher_id, "attempts": n, "solved": messages is not None,
-                                "teacher_tools": called_tools(messages) if messages else [],
-                                "messages": messages})
-    return read_cache(out)
-
-
-def summary(rows):
-    solved = [r for r in rows if r["solved"]]
-    dist = collections.Counter(t for r in solved for t in r["teacher_tools"])
-    return (f"questions {len(rows)} | solved {len(solved)} | attempts used "
-            f"{sum(r['attempts'] for r in rows)} | tool use {dict(dist.most_common())}")
 
 
 def main(argv=None):

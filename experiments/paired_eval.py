@@ -5,7 +5,7 @@ own evaluation used.
     python experiments/paired_eval.py BEFORE_RUN AFTER_RUN N OUT.json
 
 BEFORE_RUN and AFTER_RUN are train.py run folders (or model names); the evaluation is the one
-train.py makes (train.accuracy, its default token limits), on the first N test problems.
+train.py makes (evaluate.accuracy with train.Config's default token limits), on the first N test problems.
 BEFORE_RUN may also be an earlier OUT.json: its "before" evaluation is reused (greedy, so the
 same run evaluates the same way again), which halves the time when several runs start from
 one warm start.
@@ -17,10 +17,11 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from evaluate import paired_bootstrap_ci  # noqa: E402
+from evaluate import accuracy, paired_bootstrap_ci  # noqa: E402
 from model import load_model  # noqa: E402
+from runs import write_json  # noqa: E402
 from tasks import load_suite  # noqa: E402
-from train import Config, accuracy, write_json  # noqa: E402
+from train import Config  # noqa: E402
 
 
 def read_before(path, n):

@@ -55,7 +55,8 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from evaluate import evaluate_model, paired_bootstrap_ci, plot  # noqa: E402
-from train import PRESETS as TRAIN_PRESETS, Config, train, write_json  # noqa: E402
+from runs import write_json  # noqa: E402
+from train import PRESETS as TRAIN_PRESETS, Config, train  # noqa: E402
 
 # eval_limit: problems per suite, the first ones (BFCL: n/5 per category; None: all). The cpu
 # preset trains with train.py's cpu preset (that of `make train-long`: dynamic sampling, up to

@@ -2,15 +2,16 @@
 of one setting, in minutes rather than a whole replication.
 
     python experiments/rl_probe.py '{"init": "runs/warm", "steps": 15, "batch_size": 8,
-        "group_size": 4, "lr": 1e-5, "eval_n": 100}' 5 runs/probe.jsonl [--no-std] [BEFORE.json]
+        "group_size": 4, "lr": 1e-5, "eval_n": 100}' 5 runs/probe.jsonl [BEFORE.json]
 
 The JSON holds train.Config fields; the probe evaluates greedily on the first eval_n math test
 problems at step 0 and every `every` steps, printing the paired bootstrap CI of the change.
 One line per GRPO step and per evaluation goes to the output JSONL (results/rl-log.md).
 BEFORE.json, an experiments/paired_eval.py output whose "before" is the same init evaluated on
 the same eval_n problems, stands in for the step-0 evaluation (greedy, so it would be the same).
---no-std swaps in Dr. GRPO's advantage, r - group mean without the division by the group's
-std, which leaves a small reward difference (MENTOR's 0.06 tool credit) small.
+Dr. GRPO's advantage (r - group mean, without the division by the group's std, which leaves
+a small reward difference such as MENTOR's 0.06 tool credit small) is the Config field
+"advantage": "dr_grpo" (train.py --advantage dr_grpo).
 """
 import copy
 import json
@@ -24,19 +25,11 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from evaluate import paired_bootstrap_ci  # noqa: E402
+from evaluate import accuracy, paired_bootstrap_ci  # noqa: E402
 from experiments.paired_eval import read_before  # noqa: E402
 from model import load_model  # noqa: E402
 from tasks import load_suite  # noqa: E402
-import train  # noqa: E402
-from train import Config, accuracy, grpo_step  # noqa: E402
-
-
-def centred_advantages(rewards, eps=1e-6):
-    """(B, G) -> (B, G): r - group mean (Dr. GRPO: no division by the group's std); exactly 0
-    for a group of equal rewards, as in train.group_advantages (float32 rounding aside)."""
-    flat = ~train.has_signal(rewards)[:, None]
-    return (rewards - rewards.mean(1, keepdim=True)).masked_fill(flat, 0.0)
+from train import Config, grpo_step  # noqa: E402
 
 
 def main(config_json, every, out, before=None):
@@ -70,7 +63,4 @@ def main(config_json, every, out, before=None):
 
 
 if __name__ == "__main__":
-    if "--no-std" in sys.argv:
-        sys.argv.remove("--no-std")
-        train.group_advantages = centred_advantages
     main(sys.argv[1], int(sys.argv[2]), sys.argv[3], *sys.argv[4:5])

@@ -53,12 +53,12 @@ def test_an_alias_is_the_same_tool_with_the_same_checks(aliases):
 
 
 def test_sft_prompts_show_the_problem_s_own_tools(aliases, student):
-    """train.py's teacher_trajectories encodes each problem with its `schemas`, as a rollout
+    """teacher.trajectories (train.py's SFT data) encodes each problem with its `schemas`, as a rollout
     does; before, every SFT prompt showed the suite's whole tool list."""
-    from train import Config, teacher_trajectories
+    from teacher import trajectories
     tok, _ = student
     few = dataclasses.replace(aliases, problems=aliases.split("train")[:3])
-    rows = teacher_trajectories(Config(suite=ALIASES, teacher="reference"), few, tok)
+    rows = trajectories("reference", few, tok)
     for (prompt, _, _), p in zip(rows, few.problems):
         assert prompt == encode_prompt(tok, p["question"], p["schemas"])
         assert prompt != encode_prompt(tok, p["question"], aliases.schemas)

@@ -65,13 +65,14 @@ def _rank_main(rank, world, port, out, fsdp):
                       RANK=str(rank), LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
     import distributed
+    import runs
     import train
     distributed.setup()
     mine = distributed.my_share(list(range(len(GROUPS))))        # whole groups per rank
     m, model, opt = one_step([GROUPS[i] for i in mine], [ADV[i] for i in mine], fsdp)
-    m["rewards"] = train.step_reward_metrics([torch.tensor(REWARDS[rank])], SCORES[rank])
+    m["rewards"] = runs.step_reward_metrics([torch.tensor(REWARDS[rank])], SCORES[rank])
     w = weights(model)                                           # a collective under --fsdp
-    train.save_checkpoint(out + ".ckpt", model, opt, 1, train.Config(), "grpo")
+    runs.save_checkpoint(out + ".ckpt", model, opt, 1, train.Config(), "grpo")
     if fsdp:   # resuming on 2 ranks: each cuts its shard of the whole optimizer state back out
         state = torch.load(out + ".ckpt", weights_only=False)
         model2 = tiny_qwen()
@@ -121,8 +122,8 @@ def test_two_ranks_update_equals_one_process_on_the_same_groups(tmp_path, fsdp):
     assert m1["kl"] > 0
     # (d) the step's reward statistics are those of all ranks' rollouts together: std 0.375
     # (the mean of the two ranks' stds, 0.5 and 0, would say 0.25)
-    import train
-    pooled = train.reward_metrics(torch.tensor(REWARDS[0] + REWARDS[1]), SCORES[0] + SCORES[1])
+    import runs
+    pooled = runs.reward_metrics(torch.tensor(REWARDS[0] + REWARDS[1]), SCORES[0] + SCORES[1])
     assert got["metrics"]["rewards"] == pytest.approx(pooled)
     assert pooled["reward_std"] == pytest.approx(0.375) and pooled["reward/tool"] == 0.125
     assert pooled["groups_with_signal"] == 0.5

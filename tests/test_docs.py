@@ -51,3 +51,14 @@ def test_cited_md_files_exist():
             here = os.path.join(os.path.dirname(os.path.join(ROOT, src)), cited)
             assert os.path.exists(os.path.join(ROOT, cited)) or os.path.exists(here), \
                 f"{src} cites {cited}, which does not exist"
+
+
+def test_readme_reading_order_counts_are_current():
+    """The README's `wc -l` block is what the command prints today (it went stale before)."""
+    text = open(os.path.join(ROOT, "README.md")).read()
+    block = re.search(r"\$ wc -l ([^\n]+)\n(.*?)```", text, re.S)
+    files, rows = block.group(1).split(), block.group(2).strip().split("\n")
+    counts = {name: int(n) for n, name in (r.split() for r in rows)}
+    for f in files:
+        assert counts[f] == len(open(os.path.join(ROOT, f)).read().splitlines()), f
+    assert counts["total"] == sum(counts[f] for f in files) <= 900

@@ -10,6 +10,7 @@ import torch
 import distributed
 import engine
 import model as model_py
+import runs
 import train
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -141,9 +142,9 @@ def test_grad_checkpointing_gives_the_same_gradient(tiny_model):
         tiny_model.train()
         tiny_model.zero_grad()
         batch = engine.make_batch(seqs, 2, 0, "cpu")
-        loss, _ = engine.backward(tiny_model, batch, lambda k, mb, lp: (
-            train.sft_loss(lp, mb.mask), {}), torch.float32)
-        grads.append((loss, [p.grad.clone() for p in tiny_model.parameters()]))
+        m = engine.backward(tiny_model, batch, lambda k, mb, lp: train.batch_share(
+            train.sft_loss(lp, mb.mask), {}, mb.mask, batch.n_tokens), torch.float32)
+        grads.append((m["loss"], [p.grad.clone() for p in tiny_model.parameters()]))
     engine.set_grad_checkpointing(tiny_model, False)
     assert grads[0][0] == grads[1][0]
     for a, b in zip(grads[0][1], grads[1][1]):
@@ -183,14 +184,14 @@ def test_checkpoint_keeps_and_restores_the_cuda_rng(tmp_path, monkeypatch):
     m = _OnCuda()
     opt = torch.optim.AdamW(m.parameters())
     path = str(tmp_path / "checkpoint.pt")
-    train.save_checkpoint(path, m, opt, 3, train.Config(), "grpo")
+    runs.save_checkpoint(path, m, opt, 3, train.Config(), "grpo")
     state = torch.load(path, weights_only=False)
     assert torch.equal(state["rng"]["cuda"], cuda_state)
     restored = []
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     monkeypatch.setattr(torch.cuda, "set_rng_state", lambda s, d: restored.append((s, d)))
-    train.restore_rng(state, seed=0)
+    runs.restore_rng(state, seed=0)
     assert len(restored) == 1 and torch.equal(restored[0][0], cuda_state)
 
 

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 import train
-from train import Config, save_checkpoint
+from runs import save_checkpoint
+from train import Config
 
 TINY = dict(batch_size=1, group_size=2, sft_batch_size=2, max_new_tokens=16, max_total_tokens=24,
             max_turns=2, eval_n=2, save_every=1, lr=1e-5, sft_lr=1e-4)

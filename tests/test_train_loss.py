@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from engine import SharedPrefix, pack, sequence_logprobs, shared_prefix_ids
-from train import group_advantages, grpo_loss, kl_k3, masked_mean, sft_loss
+from train import batch_share, group_advantages, grpo_loss, kl_k3, masked_mean, sft_loss
 
 
 def test_group_advantages_by_hand():
@@ -19,6 +19,10 @@ def test_group_advantages_by_hand():
     # would blow up to advantages of 0.01-0.06; they must stay exactly 0
     for v in (0.1, 0.16, 0.7, 0.86):
         assert torch.equal(group_advantages(torch.full((1, 8), v)), torch.zeros(1, 8)), v
+    # Dr. GRPO: r - mean, no division; MENTOR's 0.06 tool credit stays 0.06 apart, not +-1
+    dr = group_advantages(torch.tensor([[0.16, 0.1, 0.1, 0.16], [0.2, 0.2, 0.2, 0.2]]), "dr_grpo")
+    assert torch.allclose(dr[0], torch.tensor([0.03, -0.03, -0.03, 0.03]), atol=1e-6)
+    assert torch.equal(dr[1], torch.zeros(4))
 
 
 def test_kl_k3_is_zero_iff_equal_and_matches_formula():
@@ -152,8 +156,8 @@ def test_backward_seam_gives_the_token_mean_gradient_of_a_plain_forward(tiny_mod
     tiny_model.zero_grad()
     batch = make_batch(seqs, 1, 0, "cpu")
     assert len(batch.micro) == 2 and batch.n_tokens == 5 and len(batch.prefix_ids) == 4
-    loss, _ = backward(tiny_model, batch, lambda k, mb, logp: (sft_loss(logp, mb.mask), {}),
-                       torch.float32)
-    assert loss == pytest.approx(plain.item(), abs=1e-6)
+    m = backward(tiny_model, batch, lambda k, mb, logp: batch_share(
+        sft_loss(logp, mb.mask), {}, mb.mask, batch.n_tokens), torch.float32)
+    assert m["loss"] == pytest.approx(plain.item(), abs=1e-6)
     for g, p in zip(expected, tiny_model.parameters()):
         assert torch.allclose(g, p.grad, atol=1e-5)

@@ -1,0 +1,315 @@
+"""A training run's folder: setup, checkpoints, resume, RNG, the metrics log, the held-out
+evaluations. Second reading: train.py calls these, and none of it is the method.
+
+    OUT/run.json         the Config and the machine it ran on
+    OUT/metrics.jsonl    one line a step (phase, step, reward parts, rates, KL, times)
+    OUT/checkpoint.pt    weights, optimizer, phase and step, every rank's RNG (written atomically)
+    OUT/reference.pt     the frozen KL reference, so a resumed run compares against the same weights
+    OUT/evals.json       each held-out evaluation ("start", "rl_start", "end"), done once
+    OUT/result.json      written last: the run is done (replicate.py looks for it)
+    OUT/curves.png       the per-step curves
+
+`--resume` continues from checkpoint.pt: the metric lines logged after it are dropped, the
+evaluations already done are kept, and the RNG states are restored, so on CPU a killed and
+resumed run is the same run bit for bit (tests/test_train_e2e.py kills one with SIGKILL).
+"""
+import argparse
+import copy
+import json
+import os
+import random
+import sys
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from distributed import (barrier, full_state, gather, is_main, rank, setup as setup_distributed,
+                         shard, shard_optimizer_state, teardown, unsharded, world)
+from engine import set_grad_checkpointing
+from evaluate import accuracy, paired_bootstrap_ci, plot_training
+from model import CHECKPOINT_FILE, PRECISIONS, load_model, machine, release_memory
+from reward import VARIANTS
+from tasks import SuiteError, load_suite
+from teacher import apply_teacher_tools
+
+
+@dataclass
+class Run:
+    """What the training loops share: the model, its optimizer, where the run stands."""
+    cfg: object
+    tok: object
+    model: object
+    opt: object
+    suite: object
+    test_set: list
+    phase: str                  # "sft" | "grpo": the phase the run is in
+    step: int                   # optimizer steps done in that phase
+    log: object                 # metrics.jsonl (rank 0), else None
+    evals: dict                 # the held-out evaluations done so far
+
+    def path(self, name):
+        return os.path.join(self.cfg.out, name)
+
+    def save(self, step, phase):
+        save_checkpoint(self.path(CHECKPOINT_FILE), self.model, self.opt, step, self.cfg, phase)
+
+    def log_step(self, m):
+        """One JSON line of metrics (rank 0 only holds the log)."""
+        if self.log:
+            self.log.write(json.dumps(m) + "\n")
+            self.log.flush()
+
+    def evaluate(self, name, label):
+        """Greedy accuracy on the held-out problems, done once: kept in OUT/evals.json (written
+        atomically), so a resumed run reports the evaluations of its earlier part."""
+        if not self.test_set:
+            return
+        if name not in self.evals:
+            policy = unsharded(self.model)                # every rank: a collective under --fsdp
+            if is_main():                                 # the other ranks wait
+                release_memory()                          # the training steps' dead heap
+                self.evals[name] = accuracy(policy, self.tok, self.suite, self.test_set,
+                                            self.cfg)
+                write_json(self.path("evals.json"), self.evals)
+        barrier()
+        if label and name in self.evals:
+            print(f"{label}: " + " | ".join(f"{k} {self.evals[name][k]:.3f}" for k in (
+                "accuracy", "tool_call_rate", "boxed_rate", "truncated_rate")))
+
+
+def start(cfg, first_phase, first_lr):
+    """Join the process group, load the student (fp32 master weights) and the suite, write
+    run.json, and resume from OUT/checkpoint.pt if --resume finds one -> Run."""
+    device = setup_distributed(cfg.fsdp) or cfg.device   # torchrun: a process group, a device each
+    if cfg.batch_size % world() or cfg.sft_batch_size % world():
+        sys.exit(f"--batch-size {cfg.batch_size} and --sft-batch-size {cfg.sft_batch_size} must "
+                 f"be multiples of the {world()} processes (each takes whole groups)")
+    if cfg.max_sample_batches < 1:
+        sys.exit(f"--max-sample-batches {cfg.max_sample_batches}: at least 1 batch a step")
+    if cfg.fsdp and cfg.max_sample_batches > 1:
+        sys.exit("--max-sample-batches > 1 does not go with --fsdp: ranks could keep different "
+                 "numbers of groups, and every sharded forward is a collective")
+    # the same questions on every rank (Python/NumPy), its own rollouts on each (torch)
+    random.seed(cfg.seed); np.random.seed(cfg.seed); torch.manual_seed(cfg.seed + rank())
+    os.makedirs(cfg.out, exist_ok=True)
+    ckpt_path = os.path.join(cfg.out, CHECKPOINT_FILE)
+    tok, model = load_model(cfg.init or cfg.student, device=device)
+    if cfg.grad_checkpointing:
+        set_grad_checkpointing(model)
+    suite = load_suite(cfg.suite)
+    if cfg.teacher != "reference":
+        suite.problems = apply_teacher_tools(suite.problems, cfg.teacher)
+    if cfg.preset and is_main():
+        print(f"preset {cfg.preset} ({'a CUDA device' if cfg.preset == 'gpu' else 'CPU settings'}; "
+              f"--preset {'cpu' if cfg.preset == 'gpu' else 'gpu'} for the other); "
+              + (f"{cfg.steps} SFT steps of {cfg.sft_batch_size}, lr {cfg.sft_lr:g}"
+                 if cfg.method == "sft" else
+                 f"{cfg.warmup_sft_steps} SFT + {cfg.steps} GRPO steps of {cfg.batch_size} x "
+                 f"{cfg.group_size}, lr {cfg.lr:g}") + f", on {model.device}")
+    if is_main():
+        write_json(os.path.join(cfg.out, "run.json"),
+                   {"student": cfg.student, **asdict(cfg), "world_size": world(),
+                    "machine": machine(model.device, cfg.precision)})
+    step, phase = 0, first_phase
+    resumed = cfg.resume and os.path.exists(ckpt_path)
+    if resumed:
+        state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        model.load_state_dict(state["model"])             # whole weights, before any sharding
+    if cfg.fsdp:
+        shard(model)
+    opt = torch.optim.AdamW(model.parameters(), lr=first_lr, weight_decay=0.0)
+    if resumed:
+        step, phase = state["step"], state["phase"]
+        if cfg.fsdp:                                      # each rank keeps its shard of it
+            shard_optimizer_state(opt, state["optimizer"])
+        else:
+            opt.load_state_dict(state["optimizer"])       # its lr included
+        restore_rng(state, cfg.seed)
+        if is_main():
+            drop_metrics_after(os.path.join(cfg.out, "metrics.jsonl"), phase, step)
+            print(f"resumed {cfg.out} at {phase} step {step}")
+    elif cfg.resume and is_main():
+        print(f"not resumed: no checkpoint in {cfg.out}, starting fresh")
+    barrier()                                       # every rank has read the checkpoint
+    # a fresh run writes its log anew; rank 0 alone logs, evaluates and saves
+    log = open(os.path.join(cfg.out, "metrics.jsonl"), "a" if resumed else "w") \
+        if is_main() else None
+    evals_path = os.path.join(cfg.out, "evals.json")
+    evals = {}
+    if resumed and os.path.exists(evals_path):
+        with open(evals_path) as f:
+            evals = json.load(f)
+    return Run(cfg, tok, model, opt, suite, suite.split("test")[:cfg.eval_n], phase, step, log,
+               evals)
+
+
+def frozen_reference(run):
+    """The KL reference: the policy as it is now (RL's start), written to OUT/reference.pt once
+    so that a resumed run compares against the same weights; a plain copy (under --fsdp too:
+    whole on every rank, no gradients, no collectives)."""
+    ref_path = run.path("reference.pt")
+    if run.step == 0 or not os.path.exists(ref_path):
+        weights = full_state(run.model.state_dict())
+        if is_main():
+            torch.save(weights, ref_path + ".tmp")
+            os.replace(ref_path + ".tmp", ref_path)
+    barrier()                                       # written before any rank reads it
+    ref_model = copy.deepcopy(unsharded(run.model)).requires_grad_(False).eval()
+    ref_model.load_state_dict(torch.load(ref_path, map_location=run.model.device))
+    return ref_model
+
+
+def finish(run, sft_steps, rl_steps):
+    """The last evaluation, the gains with their CIs, result.json and the curves."""
+    cfg, evals = run.cfg, run.evals
+    result = {"eval_problems": len(run.test_set)}
+    if run.test_set:
+        run.evaluate("end", None)
+        result.update(evals)
+    if not is_main():
+        teardown()
+        return result
+    if run.test_set:
+        where = f"held-out accuracy, {len(run.test_set)} {cfg.suite} test problems, greedy"
+        if "start" in evals and sft_steps and ("rl_start" in evals or not rl_steps):
+            what = "warm start" if cfg.method == "grpo" else "SFT"
+            print(f"{what} ({sft_steps} SFT steps), {where}: "
+                  f"{gain(evals['start'], evals['rl_start' if rl_steps else 'end'])}")
+        if rl_steps and "rl_start" in evals:
+            print(f"RL phase ({rl_steps} GRPO steps, {cfg.reward} reward), {where}: "
+                  f"{gain(evals['rl_start'], evals['end'])}")
+    write_json(run.path("result.json"), result)      # replicate.py: the run is done
+    plot_training(run.path("metrics.jsonl"), run.path("curves.png"))
+    teardown()
+    return result
+
+
+def gain(before, after):
+    """'0.170 -> 0.260 (+0.090, 95% CI [+0.020, +0.160], paired bootstrap, n=100)'."""
+    d, lo, hi = paired_bootstrap_ci(after["correct"], before["correct"])
+    return (f"{before['accuracy']:.3f} -> {after['accuracy']:.3f} ({d:+.3f}, 95% CI "
+            f"[{lo:+.3f}, {hi:+.3f}], paired bootstrap, n={len(after['correct'])})")
+
+
+# ----------------------------------------------------------------------------
+# The command line: every Config field is a flag
+
+CHOICES = {"method": ["grpo", "sft"], "precision": PRECISIONS, "reward": VARIANTS,
+           "advantage": ["grpo", "dr_grpo"]}
+
+
+def suite_name(value):
+    """--suite, checked at parse time: a built-in name or a .py file that loads."""
+    try:
+        load_suite(value)
+    except SuiteError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return value
+
+
+def parse_args(config_class, presets, argv=None, description=None):
+    """-> config_class(defaults, then --preset's values, then the flags given). Booleans are
+    switches; 0 is a value; --preset defaults to gpu where CUDA is, else cpu."""
+    ap = argparse.ArgumentParser(description=description)
+    defaults = config_class()
+    choices = {**CHOICES, "preset": list(presets)}
+    for name, value in asdict(defaults).items():
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, bool):
+            ap.add_argument(flag, action="store_true", default=None)
+        else:
+            kind = suite_name if name == "suite" else type(value) if value is not None else str
+            ap.add_argument(flag, type=kind, default=None, choices=choices.get(name))
+    args = ap.parse_args(argv)
+    given = {k: v for k, v in vars(args).items() if v is not None}   # 0 is a value
+    preset = given.pop("preset", None) or ("gpu" if torch.cuda.is_available() else "cpu")
+    return config_class(**{**asdict(defaults), **presets[preset], **given, "preset": preset})
+
+
+# ----------------------------------------------------------------------------
+# Checkpoints, RNG, atomic files
+
+def save_checkpoint(path, model, opt, step, cfg, phase):
+    """Atomic: write a temp file in the same folder, then rename over the old checkpoint.
+    Under torchrun rank 0 writes it, with every rank's RNG state ("rng_ranks"; the CUDA one
+    where sampling draws from it), and under --fsdp with the shards gathered: whole weights
+    and optimizer state, which any number of processes can load."""
+    device = getattr(model, "device", None) or next(model.parameters()).device   # HF: .device
+    rngs = gather({"python": random.getstate(), "numpy": np.random.get_state(),
+                   "torch": torch.get_rng_state(),
+                   **({"cuda": torch.cuda.get_rng_state(device)} if device.type == "cuda" else {})})
+    weights, opt_state = full_state(model.state_dict()), full_state(opt.state_dict())
+    if is_main():
+        state = {"model": weights, "optimizer": opt_state, "step": step,
+                 "phase": phase, "config": asdict(cfg), "rng": rngs[0], "rng_ranks": rngs}
+        tmp = path + ".tmp"
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    barrier()
+
+
+def restore_rng(state, seed):
+    """Every rank's RNG as saved. On another number of ranks than the checkpoint's, each
+    rank takes rank 0's Python/NumPy state (the question order) and a fresh torch seed
+    of its own: the run goes on, but is not the run an unbroken one would have been."""
+    rngs = state.get("rng_ranks", [state["rng"]])
+    rng = rngs[rank()] if len(rngs) == world() else rngs[0]
+    random.setstate(rng["python"])
+    np.random.set_state(rng["numpy"])
+    if len(rngs) == world():
+        torch.set_rng_state(rng["torch"])
+        if "cuda" in rng and torch.cuda.is_available():   # sampling on a GPU draws from it
+            torch.cuda.set_rng_state(rng["cuda"], torch.cuda.current_device())
+    else:
+        torch.manual_seed(seed + 1000 * state["step"] + rank())
+
+
+def write_json(path, obj):
+    """json.dump, atomically: a process killed while writing leaves the old file, never half
+    of the new one."""
+    with open(path + ".tmp", "w") as f:
+        json.dump(obj, f, indent=1)
+    os.replace(path + ".tmp", path)
+
+
+def drop_metrics_after(path, phase, step):
+    """Keep the metric lines up to the checkpoint (phase, step): a run killed after logging a
+    step but before saving it redoes that step, and logs it once. Rewritten atomically."""
+    if not os.path.exists(path):
+        return
+    order = {"sft": 0, "grpo": 1}
+    with open(path) as f:
+        lines = [line for line in f if line.strip()]
+    keep = []
+    for line in lines:
+        row = json.loads(line) if line.endswith("\n") else None   # a torn last line is dropped
+        if row and (order[row["phase"]], row["step"]) <= (order[phase], step):
+            keep.append(line)
+    if len(keep) < len(lines):
+        with open(path + ".tmp", "w") as f:
+            f.writelines(keep)
+        os.replace(path + ".tmp", path)
+
+
+# ----------------------------------------------------------------------------
+# A step's reward metrics, pooled over ranks
+
+def reward_metrics(rewards, scored):
+    """A step's rewards (B, G): mean, std, each part's mean, groups with signal."""
+    parts = {}
+    for _, p in scored:
+        for k, v in p.items():
+            parts[k] = parts.get(k, 0.0) + v / len(scored)
+    signal = rewards.amax(1) > rewards.amin(1)                   # train.has_signal
+    return {"reward_mean": rewards.mean().item(), "reward_std": rewards.std(unbiased=False).item(),
+            **{f"reward/{k}": v for k, v in parts.items()},
+            "groups_with_signal": signal.float().mean().item()}
+
+
+def step_reward_metrics(sampled_rewards, scores):
+    """reward_metrics of a step's rollouts on every rank together (one process: its own).
+    sampled_rewards: this rank's list of (B, G) tensors; scores: its (reward, parts) pairs."""
+    everyone = gather((torch.cat(sampled_rewards), scores))
+    return reward_metrics(torch.cat([r for r, _ in everyone]),              # (B' * world, G)
+                          [s for _, sc in everyone for s in sc])
