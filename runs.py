@@ -30,7 +30,7 @@ from engine import set_grad_checkpointing
 from evaluate import accuracy, paired_bootstrap_ci, plot_training
 from model import CHECKPOINT_FILE, PRECISIONS, load_model, machine, release_memory
 from reward import VARIANTS
-from tasks import SuiteError, load_suite
+from tasks import BUILTIN_SUITES, SuiteError, load_suite
 from teacher import apply_teacher_tools
 
 
@@ -200,7 +200,10 @@ CHOICES = {"method": ["grpo", "sft"], "precision": PRECISIONS, "reward": VARIANT
 
 
 def suite_name(value):
-    """--suite, checked at parse time: a built-in name or a .py file that loads."""
+    """--suite, checked at parse time: a built-in name, or a .py file that loads (its errors
+    name the bad entry before any model loads; a built-in suite loads once, in start)."""
+    if value in BUILTIN_SUITES:
+        return value
     try:
         load_suite(value)
     except SuiteError as e:

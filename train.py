@@ -40,6 +40,7 @@ from evaluate import rollout_metrics
 from model import DEFAULT_STUDENT, ModelNotAvailable, compute_dtype, rollout_weights
 from reward import compute_reward
 from rollout import generate_rollouts
+from tasks import SuiteError
 from teacher import trajectories
 
 
@@ -174,14 +175,13 @@ def sft_step(model, opt, tok, trajs, cfg):
     opt.zero_grad()
     batch = make_batch(my_share(trajs), cfg.micro_batch, tok.pad_token_id, model.device,
                        cfg.micro_batch_tokens)
-    batch.n_tokens = all_sum(batch.n_tokens)       # the token mean is over every rank's tokens
-    m = backward(model, batch, lambda k, mb, logp: batch_share(
-        sft_loss(logp, mb.mask), {}, mb.mask, batch.n_tokens), compute_dtype(model.device,
-                                                                              cfg.precision))
+    n_tokens = all_sum(batch.n_tokens)             # the token mean is over every rank's tokens
+    m = backward(model, batch, lambda k, mb, logp: batch_share(sft_loss(logp, mb.mask), {},
+                 mb.mask, n_tokens), compute_dtype(model.device, cfg.precision))
     sync_gradients(model)
     clip_grad_norm(model, 1.0)
     opt.step()
-    return {"sft_loss": all_sum(m["loss"]), "tokens": batch.n_tokens}
+    return {"sft_loss": all_sum(m["loss"]), "tokens": n_tokens}
 
 
 def sample_groups(policy, tok, suite, problems, cfg, draw):
@@ -346,5 +346,5 @@ def parse_args(argv=None):
 if __name__ == "__main__":
     try:
         train(parse_args())
-    except ModelNotAvailable as e:
+    except (ModelNotAvailable, SuiteError) as e:       # one line, no stack trace
         sys.exit(str(e))

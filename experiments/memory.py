@@ -39,8 +39,12 @@ import engine  # noqa: E402
 from model import autocast  # noqa: E402
 
 GiB = 2**30
-# The students' shapes (their config.json), for randomly initialised models.
+# The students' shapes (their config.json), for randomly initialised models. The embedded
+# SmolLM2-135M is a Llama (no QKV bias, vocabulary 49,152); the Qwen2.5 students are Qwen2.
+SMOLLM2 = dict(arch="llama", vocab=49_152, hidden_size=576, intermediate_size=1536,
+               num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3)
 SHAPES = {
+    "SmolLM2-135M": SMOLLM2,
     "Qwen2.5-0.5B": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
                          num_attention_heads=14, num_key_value_heads=2),
     "Qwen2.5-1.5B": dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
@@ -54,39 +58,53 @@ PREFIX_TOKENS = 900              # the tool prompt of the math suite (~850-950 t
 PRESET_TOKENS = 8192             # train.py's gpu preset: --micro-batch-tokens
 
 
-def qwen(shape, layers=None, vocab=QWEN_VOCAB, seed=0):
-    """A randomly initialised Qwen2 model (tied embeddings, grouped KV heads, QKV bias)."""
-    from transformers import Qwen2Config, Qwen2ForCausalLM
+def dims(shape):
+    """The config fields of a shape (a name in SHAPES or a dict), without arch and vocab."""
+    shape = SHAPES[shape] if isinstance(shape, str) else shape
+    return {k: v for k, v in shape.items() if k not in ("arch", "vocab")}
+
+
+def vocab_of(shape):
+    return (SHAPES[shape] if isinstance(shape, str) else shape).get("vocab", QWEN_VOCAB)
+
+
+def build(shape, layers=None, vocab=None, seed=0):
+    """A randomly initialised model of `shape` with tied embeddings and grouped KV heads:
+    Qwen2 (QKV bias) unless the shape says arch "llama" (SmolLM2)."""
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
     torch.manual_seed(seed)
-    cfg = dict(SHAPES[shape]) if isinstance(shape, str) else dict(shape)
-    if layers:
-        cfg["num_hidden_layers"] = layers
-    return Qwen2ForCausalLM(Qwen2Config(vocab_size=vocab, tie_word_embeddings=True,
-                                        max_position_embeddings=4096, **cfg)).float()
+    llama = (SHAPES[shape] if isinstance(shape, str) else shape).get("arch") == "llama"
+    cfg = {**dims(shape), **({"num_hidden_layers": layers} if layers else {})}
+    config_class, model_class = (LlamaConfig, LlamaForCausalLM) if llama else \
+        (Qwen2Config, Qwen2ForCausalLM)
+    return model_class(config_class(vocab_size=vocab or vocab_of(shape), tie_word_embeddings=True,
+                                    max_position_embeddings=4096, **cfg)).float()
 
 
-def n_params(shape, vocab=QWEN_VOCAB):
-    """Parameters of a Qwen2 shape with tied embeddings (QKV biases included)."""
+def n_params(shape, vocab=None):
+    """Parameters of a shape with tied embeddings (QKV biases for Qwen2)."""
+    vocab, bias = vocab or vocab_of(shape), shape.get("arch") != "llama"
     H, I, L = shape["hidden_size"], shape["intermediate_size"], shape["num_hidden_layers"]
     kv = H // shape["num_attention_heads"] * shape["num_key_value_heads"]
-    layer = H * H + H + 2 * (H * kv + kv) + H * H + 3 * H * I + 2 * H
+    layer = H * H + 2 * H * kv + bias * (H + 2 * kv) + H * H + 3 * H * I + 2 * H
     return vocab * H + L * layer + H
 
 
-def matmul_params(shape, vocab=QWEN_VOCAB):
+def matmul_params(shape, vocab=None):
     """Parameters that go through a matmul (autocast keeps a bf16 copy of each during a
     forward): all but the norms' weights and the QKV biases."""
     H, L = shape["hidden_size"], shape["num_hidden_layers"]
     kv = H // shape["num_attention_heads"] * shape["num_key_value_heads"]
-    return n_params(shape, vocab) - (2 * L + 1) * H - L * (H + 2 * kv)
+    bias = shape.get("arch") != "llama"
+    return n_params(shape, vocab) - (2 * L + 1) * H - bias * L * (H + 2 * kv)
 
 
-def bf16_copies(shape, grad_checkpointing, vocab=QWEN_VOCAB):
+def bf16_copies(shape, grad_checkpointing, vocab=None):
     """Bytes of autocast's bf16 weight copies kept for backward: every matmul's; under grad
     checkpointing only the output head's (a checkpointed layer casts its weights again when it
     is recomputed, one layer at a time)."""
     if grad_checkpointing:
-        return 2 * vocab * shape["hidden_size"]
+        return 2 * (vocab or vocab_of(shape)) * shape["hidden_size"]
     return 2 * matmul_params(shape, vocab)
 
 
@@ -119,7 +137,7 @@ def bytes_per_token(shape, grad_checkpointing):
     on models of `shape`'s width with 1 and 2 layers and vocabularies of 256 and 512, each at
     two lengths so that what does not grow with tokens drops out."""
     def per(layers, vocab):
-        m = qwen(shape, layers, vocab)
+        m = build(shape, layers, vocab)
         a, b = (saved_bytes(m, 2, T, grad_checkpointing) for T in (64, 128))
         return (b - a) / (2 * 64)
     one, two, wide = per(1, 256), per(2, 256), per(1, 512)
@@ -127,9 +145,10 @@ def bytes_per_token(shape, grad_checkpointing):
     return one - per_layer - 256 * per_vocab, per_layer, per_vocab
 
 
-def step_peak(shape, tokens, grad_checkpointing, per_token, vocab=QWEN_VOCAB):
+def step_peak(shape, tokens, grad_checkpointing, per_token, vocab=None):
     """The model above: bytes at the backward peak of a micro-batch of `tokens` tokens.
     per_token: {False: bytes_per_token(shape, False), True: the same with checkpointing}."""
+    vocab = vocab or vocab_of(shape)
     P = n_params(shape, vocab)
     fixed, per_layer, _ = per_token[grad_checkpointing]
     a = fixed + shape["num_hidden_layers"] * per_layer + \
@@ -152,7 +171,7 @@ def one_step(shape, rows, T, grad_checkpointing):
     """One GRPO update (engine.backward + AdamW) on rows x T tokens at full size, on CPU:
     (seconds, peak RSS in GiB)."""
     import train
-    model = qwen(shape)
+    model = build(shape)
     engine.set_grad_checkpointing(model, grad_checkpointing)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-6, weight_decay=0.0)
     prompt = list(range(10, 10 + PREFIX_TOKENS))
@@ -196,7 +215,7 @@ def main():
                   f"{row['max_tokens_80GB']:,} |", flush=True)
     if args.check_full:
         shape, rows, T = SHAPES["Qwen2.5-0.5B"], 2, 256
-        model = qwen("Qwen2.5-0.5B")
+        model = build("Qwen2.5-0.5B")
         for gc in (False, True):
             fixed, per_layer, per_vocab = bytes_per_token(shape, gc)
             predicted = (fixed + shape["num_hidden_layers"] * per_layer) * rows * T

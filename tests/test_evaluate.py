@@ -221,3 +221,23 @@ def test_rollout_metrics_hallucination_counts_tools_shown_to_that_problem():
     assert m["tool_call_rate"] == 1.0 and m["accuracy"] == 0.0
     assert tool_use_per_problem(rs, suite) == {"tool_set_match": [1, 0, 1, 0],
                                                "hallucinated_tool_rate": [0, 1, 0, 1]}
+
+
+def test_generation_limits_come_from_the_run_folder(tmp_path, monkeypatch):
+    """A GPU run trains at 512 / 1536 tokens: evaluating its folder with 128 / 384 would cut it
+    short. Limits not given come from its run.json; given ones win; a plain model gets the
+    defaults."""
+    import json as json_
+    import evaluate
+    (tmp_path / "run.json").write_text(json_.dumps(
+        {"suite": "math", "max_turns": 5, "max_new_tokens": 512, "max_total_tokens": 1536}))
+    assert evaluate.generation_limits(str(tmp_path)) == {
+        "max_turns": 5, "max_new_tokens": 512, "max_total_tokens": 1536}
+    assert evaluate.generation_limits("SmolLM2-135M") == evaluate.GENERATION_DEFAULTS
+    seen = {}
+    monkeypatch.setattr(evaluate, "load_model", lambda *a, **k: (None, None))
+    monkeypatch.setattr(evaluate, "evaluate_suite", lambda model, tok, s, **kw: (
+        seen.update(kw) or {}, []))
+    evaluate.evaluate_model(str(tmp_path), ["math"], max_new_tokens=None, max_total_tokens=100,
+                            max_turns=None)
+    assert (seen["max_new_tokens"], seen["max_total_tokens"], seen["max_turns"]) == (512, 100, 5)

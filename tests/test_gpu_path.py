@@ -103,7 +103,7 @@ def test_memory_model_holds_on_a_qwen_shaped_model():
     shape = dict(hidden_size=64, intermediate_size=192, num_hidden_layers=4,
                  num_attention_heads=4, num_key_value_heads=2)
     V, rows, T = 1000, 2, 96
-    m = memory.qwen(shape, vocab=V)
+    m = memory.build(shape, vocab=V)
     for gc in (False, True):
         fixed, per_layer, per_vocab = memory.bytes_per_token(shape, gc)
         predicted = (fixed + 4 * per_layer + V * per_vocab) * rows * T + \
@@ -111,6 +111,9 @@ def test_memory_model_holds_on_a_qwen_shaped_model():
         measured = memory.saved_bytes(m, rows, T, gc)
         assert abs(predicted / measured - 1) < 0.2, (gc, predicted, measured)
     assert memory.n_params(shape, V) == sum(p.numel() for p in m.parameters())
+    llama = {**shape, "arch": "llama"}                               # SmolLM2's kind: no QKV bias
+    assert memory.n_params(llama, V) == sum(p.numel() for p in memory.build(llama, vocab=V)
+                                            .parameters())
 
 
 def test_chunked_logprobs_equal_the_whole_computation(tiny_model, monkeypatch):
