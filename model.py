@@ -18,9 +18,10 @@ Precision, the one rule (mixed precision as every trainer does it):
                                              bf16 is native (`rollout_weights`), else the weights
     --precision fp32 / bf16                  fp32 everywhere / bf16 compute wherever it runs
 
-Why not bf16 weights: an AdamW update of lr 1e-6 on a weight of 0.02 is below half of
-bf16's spacing there, so it rounds away (10 steps at lr 1e-6 changed 1.9% of such bf16
-weights, and no RMSNorm weight near 1.0). A run would look quiet, not broken.
+Why not bf16 weights: an AdamW update of lr 1e-6 is far below half of bf16's spacing at a
+weight of 0.02 (6e-5) or at a norm weight of 1.0 (0.004), so it rounds away (one such step
+on tests/test_gpu_path.py's model moved 1.8% of bf16 weights and no norm). A run would
+look quiet, not broken.
 
 Sampling with a KV cache and log-probs of finished sequences are engine.py's (second
 reading): `engine.generate`, `engine.logprobs` / `engine.backward`.
