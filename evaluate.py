@@ -83,26 +83,28 @@ def tool_distribution(tool_sets):
     return dict(c)
 
 
-def trained_suites(name_or_path):
-    """The suite a train.py run folder trained on (read from its run.json), else none."""
+def run_config(name_or_path):
+    """The Config a train.py run folder was trained with (its run.json), else {}."""
     meta = os.path.join(name_or_path or "", "run.json")
     if not os.path.isfile(meta):
-        return ()
+        return {}
     with open(meta) as f:
-        return (json.load(f)["suite"],)
+        return json.load(f)
+
+
+def trained_suites(name_or_path):
+    """The suite a train.py run folder trained on, else none."""
+    run = run_config(name_or_path)
+    return (run["suite"],) if run else ()
 
 
 GENERATION_DEFAULTS = {"max_turns": 5, "max_new_tokens": 128, "max_total_tokens": 384}
 
 
 def generation_limits(name_or_path):
-    """The turn and token limits a train.py run folder trained with (its run.json: a GPU run
-    of the gpu preset writes 512 tokens a turn), else GENERATION_DEFAULTS."""
-    meta = os.path.join(name_or_path or "", "run.json")
-    if not os.path.isfile(meta):
-        return dict(GENERATION_DEFAULTS)
-    with open(meta) as f:
-        run = json.load(f)
+    """The turn and token limits a train.py run folder trained with (a GPU run of the gpu
+    preset writes 512 tokens a turn), else GENERATION_DEFAULTS."""
+    run = run_config(name_or_path)
     return {k: run.get(k, v) for k, v in GENERATION_DEFAULTS.items()}
 
 

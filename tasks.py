@@ -35,6 +35,8 @@ from dataclasses import dataclass, field
 
 from transformers.utils import get_json_schema
 
+from tools import parse_tool_calls
+
 SUITES_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "suites")
 BUILTIN_SUITES = sorted(f[:-3] for f in os.listdir(SUITES_DIR)
                         if f.endswith(".py") and not f.startswith("_"))
@@ -65,7 +67,6 @@ class Suite:
         the parsed calls where it has one (BFCL: the calls are the answer), else the last
         \\boxed{} answer against the gold (answers_match)."""
         if self.check:
-            from tools import parse_tool_calls
             return bool(self.check(parse_tool_calls("".join(rollout.turns)), rollout.problem))
         return answers_match(rollout.answer, rollout.problem["answer"])
 

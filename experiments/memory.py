@@ -58,14 +58,18 @@ PREFIX_TOKENS = 900              # the tool prompt of the math suite (~850-950 t
 PRESET_TOKENS = 8192             # train.py's gpu preset: --micro-batch-tokens
 
 
+def shape_of(shape):
+    """A shape given by its name in SHAPES, or as a dict."""
+    return SHAPES[shape] if isinstance(shape, str) else shape
+
+
 def dims(shape):
-    """The config fields of a shape (a name in SHAPES or a dict), without arch and vocab."""
-    shape = SHAPES[shape] if isinstance(shape, str) else shape
-    return {k: v for k, v in shape.items() if k not in ("arch", "vocab")}
+    """The config fields of a shape, without arch and vocab."""
+    return {k: v for k, v in shape_of(shape).items() if k not in ("arch", "vocab")}
 
 
 def vocab_of(shape):
-    return (SHAPES[shape] if isinstance(shape, str) else shape).get("vocab", QWEN_VOCAB)
+    return shape_of(shape).get("vocab", QWEN_VOCAB)
 
 
 def build(shape, layers=None, vocab=None, seed=0):
@@ -73,7 +77,7 @@ def build(shape, layers=None, vocab=None, seed=0):
     Qwen2 (QKV bias) unless the shape says arch "llama" (SmolLM2)."""
     from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
     torch.manual_seed(seed)
-    llama = (SHAPES[shape] if isinstance(shape, str) else shape).get("arch") == "llama"
+    llama = shape_of(shape).get("arch") == "llama"
     cfg = {**dims(shape), **({"num_hidden_layers": layers} if layers else {})}
     config_class, model_class = (LlamaConfig, LlamaForCausalLM) if llama else \
         (Qwen2Config, Qwen2ForCausalLM)
