@@ -11,15 +11,12 @@ PY := .venv/bin/python
 
 venv: .venv/ready
 
-# the quick demo: plain GRPO (one batch of questions a step), 100-problem evaluations
+# the cpu preset: SFT warm start, then GRPO with dynamic sampling (up to 4 batches of questions
+# a step), 200-problem evaluations. make train SEED=1 for another seed. --resume: run it again
+# after an interruption and it continues from its last checkpoint
+SEED ?= 0
 train: .venv/ready
-	$(PY) train.py --preset cpu --max-sample-batches 1
-
-# the cpu preset as it is (dynamic sampling: up to 4 batches of questions a step) with
-# 300-problem evaluations: 107 min on 2 AVX2 cores. --resume: run it again after an
-# interruption and it continues from its last checkpoint
-train-long: .venv/ready
-	$(PY) train.py --preset cpu --eval-n 300 --out runs/train-long --resume
+	$(PY) train.py --preset cpu --seed $(SEED) --out runs/train-seed$(SEED) --resume
 
 demo: .venv/ready
 	$(PY) rollout.py
@@ -27,7 +24,7 @@ demo: .venv/ready
 test: .venv/ready
 	$(PY) -m pytest -q tests
 
-.PHONY: venv train train-long demo test
+.PHONY: venv train demo test
 
 .venv-bench/ready: requirements.txt requirements-bench.txt
 	python3 -m venv .venv-bench

@@ -50,15 +50,20 @@ LOGITS_CHUNK = 1024
 # Generation
 
 def _sample(logits, temperature):
-    """(N, V) logits -> (N,) token ids, by inverse-CDF sampling (one uniform number per row:
-    5x cheaper than torch.multinomial, which draws V exponentials per row)."""
+    """(N, V) logits -> (N,) token ids, and (N,) their log-probs at temperature 1 (the
+    distribution the loss's ratio is taken over: train.py records them as the sampler's).
+    Inverse-CDF sampling: one uniform number per row, 5x cheaper than torch.multinomial,
+    which draws V exponentials per row."""
+    logits = logits.float()
     if temperature == 0:
-        return logits.argmax(-1)
-    probs = torch.softmax(logits.float() / temperature, -1)
-    cdf = probs.cumsum(-1)                                           # (N, V)
-    u = torch.rand(len(cdf), 1, device=cdf.device) * cdf[:, -1:]    # (N, 1) in [0, total)
-    # first token whose cdf exceeds u (right=True never picks a zero-probability token)
-    return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp(max=cdf.shape[-1] - 1)
+        ids = logits.argmax(-1)
+    else:
+        cdf = torch.softmax(logits / temperature, -1).cumsum(-1)     # (N, V)
+        u = torch.rand(len(cdf), 1, device=cdf.device) * cdf[:, -1:]  # (N, 1) in [0, total)
+        # first token whose cdf exceeds u (right=True never picks a zero-probability token)
+        ids = torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp(max=cdf.shape[-1] - 1)
+    logp = logits.gather(1, ids[:, None])[:, 0] - logits.logsumexp(-1)
+    return ids, logp
 
 
 def shared_prefix_length(prompts, lengths):
@@ -115,40 +120,74 @@ def _with_room(x, room):
     return buf
 
 
-def shared_prefix_attention(module, query, key, value, attention_mask, scaling, shared_kv,
-                            **_):
+def attend(query, key, value, shared, bias, scaling, flash=None):
     """Attention over [system prompt ; the row's own tokens], the prompt's keys read once.
 
     Every row starts with the same system prompt (with 12 tool schemas, ~850 of
     a row's ~950 prompt tokens). Kept once instead of once per row, its keys
-    and values are read once per step for all rows, in one matmul per kv head
-    (with one copy per row, attention was 60% of a tool-prompt rollout).
+    and values are read once per step for all rows (with one copy per row,
+    attention was 60% of a tool-prompt rollout).
 
         query: (n, h, w, d)   key, value: (n, kvh, L, d), the rows' own cache
-        shared_kv[layer]: ((kvh, P, d), (kvh, P, d)), the system prompt
-        attention_mask: (n, 1, w, L) bool (True: attend), or None (causal)
-    Returns (n, w, h, d) and no weights, as transformers' attention functions do.
+        shared: ((kvh, P, d), (kvh, P, d)), the system prompt's keys and values
+        bias: (n, 1, w, L) additive mask on the own cache: 0 attend, -inf not; every
+              query attends at least to its own position
+    Returns (n, w, h, d). flash (default: on a CPU) runs the two parts through torch's fused
+    CPU attention kernel, each with its log-sum-exp, and merges them (no copy of the cache,
+    1.4x faster decoding here); else they are plain matmuls under one softmax.
     """
     n, h, w, d = query.shape
-    kvh, L = key.shape[1], key.shape[2]
-    g = h // kvh                                            # query heads per kv head
+    kvh, g = key.shape[1], h // key.shape[1]                # query heads per kv head
     q = query.reshape(n, kvh, g * w, d)                     # head j reads kv head j // g
-    pk, pv = shared_kv[module.layer_idx]
-    P = pk.shape[1]
     q_all = q.transpose(0, 1).reshape(kvh, n * g * w, d)    # every row's queries, per kv head
-    s_prompt = (q_all @ pk.transpose(1, 2)).view(kvh, n, g * w, P).transpose(0, 1)
-    s_own = q @ key.transpose(2, 3)                         # (n, kvh, g*w, L)
+    bias = bias[:, :, None].expand(n, 1, g, w, -1).reshape(n, 1, g * w, -1)
+    pk, pv = shared
+    if query.device.type == "cpu" if flash is None else flash:
+        o1, lse1 = _FLASH_CPU(q_all[None], pk[None], pv[None], scale=scaling)
+        o2, lse2 = _FLASH_CPU(q, key, value, attn_mask=bias.to(q.dtype), scale=scaling)
+        o1, lse1 = o1[0].view(kvh, n, g * w, d).transpose(0, 1), lse1[0].view(kvh, n, g * w).transpose(0, 1)
+        m = torch.maximum(lse1, lse2)
+        a1, a2 = (lse1 - m).exp()[..., None], (lse2 - m).exp()[..., None]   # (n, kvh, g*w, 1)
+        out = ((o1 * a1 + o2 * a2) / (a1 + a2)).to(q.dtype)
+    else:
+        P = pk.shape[1]
+        s_prompt = (q_all @ pk.transpose(1, 2)).view(kvh, n, g * w, P).transpose(0, 1)
+        s_own = q @ key.transpose(2, 3) + bias                  # (n, kvh, g*w, L)
+        p = torch.softmax(torch.cat([s_prompt, s_own], -1).float() * scaling, -1).to(value.dtype)
+        p_prompt = p[..., :P].transpose(0, 1).reshape(kvh, n * g * w, P)
+        out = (p_prompt @ pv).view(kvh, n, g * w, d).transpose(0, 1) + p[..., P:] @ value
+    return out.reshape(n, h, w, d).transpose(1, 2)
+
+
+_FLASH_CPU = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu   # -> (out, logsumexp)
+
+
+def own_bias(attn, w, dtype):
+    """(n, L) 1 = real token, 0 = hole -> (n, 1, w, L) additive mask for the last w positions:
+    causal, holes out, and each query's own position always in (a left pad's query would
+    otherwise attend to nothing; its output is never used)."""
+    n, L = attn.shape
+    i = torch.arange(w, device=attn.device)[:, None] + (L - w)        # the queries' positions
+    j = torch.arange(L, device=attn.device)
+    ok = (attn.bool()[:, None, :] & (j <= i)) | (j == i)                # (n, w, L)
+    return torch.zeros(n, 1, w, L, dtype=dtype, device=attn.device).masked_fill(
+        ~ok[:, None], float("-inf"))
+
+
+def shared_prefix_attention(module, query, key, value, attention_mask, scaling, shared_kv,
+                            **_):
+    """`attend` as a transformers attention function: attention_mask (n, 1, w, L) bool (True:
+    attend) or None (causal). Returns (n, w, h, d) and no weights."""
+    n, _, w, _ = query.shape
+    L = key.shape[2]
     if attention_mask is None:
-        attention_mask = torch.ones(w, L, dtype=torch.bool, device=q.device).tril(L - w)
-    mask = attention_mask.expand(n, 1, w, L)[:, :, None].expand(n, 1, g, w, L)
-    s_own = s_own.masked_fill(~mask.reshape(n, 1, g * w, L), float("-inf"))
-    # one softmax over both parts (the prompt part is never empty, so no row is all -inf)
-    p = torch.softmax(torch.cat([s_prompt, s_own], -1).float() * scaling, -1).to(value.dtype)
-    p_prompt = p[..., :P].transpose(0, 1).reshape(kvh, n * g * w, P)
-    out = (p_prompt @ pv).view(kvh, n, g * w, d).transpose(0, 1) + p[..., P:] @ value
-    return out.reshape(n, h, w, d).transpose(1, 2), None
-
-
+        attention_mask = torch.ones(n, 1, w, L, dtype=torch.bool, device=query.device).tril(L - w)
+    diag = torch.arange(w, device=query.device)
+    attention_mask = attention_mask.clone()
+    attention_mask[:, :, diag, diag + L - w] = True                    # as own_bias
+    bias = torch.zeros(attention_mask.shape, dtype=torch.float32, device=query.device)
+    bias = bias.masked_fill(~attention_mask, float("-inf"))
+    return attend(query, key, value, shared_kv[module.layer_idx], bias, scaling), None
 
 
 @contextmanager
@@ -171,11 +210,13 @@ class KVBatch:
 
     cache: GrowingKV layers (n, kvh, L, d); attn: (n, L) 0 marks holes (padding);
     n_real: (n,) tokens of each row so far, the shared prompt's included (its next position).
+    weights: DecodeWeights, the hand-written forward's (None: the model's own forward).
     """
     shared_kv: list
     cache: Cache
     attn: torch.Tensor
     n_real: torch.Tensor
+    weights: "DecodeWeights" = None
 
     def keep(self, idx):
         """Keep rows idx (a sorted (m,) tensor), in place."""
@@ -187,10 +228,11 @@ class KVBatch:
         self.attn, self.n_real = (x.repeat_interleave(times, 0) for x in (self.attn, self.n_real))
 
 
-def prefill(model, prompt_ids, tails):
+def prefill(model, prompt_ids, tails, fused=True):
     """Run the shared prompt once (kept apart) and then each row's own tail, batched.
 
     Returns (KVBatch, (n, V) logits after each tail); every tail needs at least one token.
+    fused: feed with the hand-written forward (decode_forward) where the model allows it.
     """
     dev = model.device
     prompt_cache = DynamicCache()
@@ -199,7 +241,8 @@ def prefill(model, prompt_ids, tails):
     shared_kv = [(layer.keys[0], layer.values[0]) for layer in prompt_cache.layers]
     batch = KVBatch(shared_kv, Cache(layer_class_to_replicate=GrowingKV),
                     torch.ones(len(tails), 0, dtype=torch.long, device=dev),
-                    torch.full((len(tails),), len(prompt_ids), device=dev))
+                    torch.full((len(tails),), len(prompt_ids), device=dev),
+                    DecodeWeights.of(model) if fused else None)
     return batch, feed(model, batch, tails)
 
 
@@ -218,24 +261,111 @@ def feed(model, batch, chunks):
     # logits only at the last position. An index tensor, not logits_to_keep=1: the int's
     # slice leaves a strided (n, 1, H) view when width > 1, and the vocabulary projection
     # of a strided 3-D input copies the weight once per row (300 ms a step here)
-    last = torch.full((1,), width - 1, device=dev)
-    with shared_prefix_attention_on(model):
-        out = model(input_ids=ids, attention_mask=batch.attn, position_ids=pos, cache=batch.cache,
-                    use_cache=True, logits_to_keep=last, shared_kv=batch.shared_kv)
+    if batch.weights is not None:
+        logits = decode_forward(batch.weights, ids, pos, batch)
+    else:
+        last = torch.full((1,), width - 1, device=dev)
+        with shared_prefix_attention_on(model):
+            logits = model(input_ids=ids, attention_mask=batch.attn, position_ids=pos,
+                           cache=batch.cache, use_cache=True, logits_to_keep=last,
+                           shared_kv=batch.shared_kv).logits[:, -1]
     batch.n_real = batch.n_real + cmask.sum(1)
-    return out.logits[:, -1]
+    return logits
+
+
+class DecodeWeights:
+    """A Llama or Qwen2 model's weights as decode_forward reads them: q, k and v stacked
+    into one matrix and gate and up into another, so a layer is 4 matmuls instead of 7.
+    Built per generate() call (a copy of the decoder's matmul weights; 0.1 s for 135M)."""
+
+    ARCHITECTURES = ("LlamaForCausalLM", "Qwen2ForCausalLM")
+
+    @classmethod
+    def of(cls, model):
+        """The model's DecodeWeights, or None where decode_forward does not reproduce its
+        forward (another architecture, a sliding window, a wrapper): the model's own runs."""
+        cfg = getattr(model, "config", None)
+        if type(model).__name__ not in cls.ARCHITECTURES or cfg.hidden_act != "silu" \
+                or getattr(cfg, "use_sliding_window", False) \
+                or getattr(cfg, "pretraining_tp", 1) != 1:
+            return None
+        return cls(model)
+
+    def __init__(self, model):
+        dec, cfg = model.get_decoder(), model.config
+        self.layers = []
+        for layer in dec.layers:
+            a, m = layer.self_attn, layer.mlp
+            self.layers.append((layer.input_layernorm.weight,
+                                *_stacked(a.q_proj, a.k_proj, a.v_proj),
+                                a.o_proj.weight, a.o_proj.bias,
+                                layer.post_attention_layernorm.weight,
+                                *_stacked(m.gate_proj, m.up_proj),
+                                m.down_proj.weight, m.down_proj.bias))
+        self.embed, self.norm = dec.embed_tokens.weight, dec.norm.weight
+        self.head = model.get_output_embeddings().weight
+        self.rotary = dec.rotary_emb
+        self.heads, self.kv_heads = cfg.num_attention_heads, cfg.num_key_value_heads
+        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.heads
+        self.eps, self.intermediate = cfg.rms_norm_eps, cfg.intermediate_size
+
+
+def _stacked(*linears):
+    """(weight, bias) of several nn.Linear with one input, stacked along the output."""
+    weight = torch.cat([lin.weight for lin in linears])
+    bias = None if linears[0].bias is None else torch.cat([lin.bias for lin in linears])
+    return weight, bias
+
+
+def _rms_norm(x, weight, eps):
+    """Llama's RMSNorm: normalised in fp32, cast back, then scaled."""
+    return F.rms_norm(x.float(), (x.shape[-1],), eps=eps).to(weight.dtype) * weight
+
+
+def _rotate_half(x):
+    x1, x2 = x.chunk(2, -1)
+    return torch.cat((-x2, x1), -1)
+
+
+def decode_forward(wt, ids, pos, batch):
+    """The model's forward over (n, w) new tokens by hand (Llama / Qwen2 layers), writing
+    their keys and values into batch.cache -> (n, V) logits at the last position.
+
+    Same arithmetic as transformers' modules (tests/test_rollout.py compares the logits), in
+    ~20 operators a layer: each of transformers' module calls, dtype casts and mask
+    builds costs a CPU a few microseconds, and a decode step is ~30 layers of them.
+    """
+    n, w = ids.shape
+    h, kvh, d = wt.heads, wt.kv_heads, wt.head_dim
+    x = F.embedding(ids, wt.embed)                                  # (n, w, H)
+    cos, sin = (c[:, None] for c in wt.rotary(x, pos))              # (n, 1, w, d)
+    bias = own_bias(batch.attn, w, torch.float32)                   # (n, 1, w, L)
+    for i, (ln1, w_qkv, b_qkv, w_o, b_o, ln2, w_gu, b_gu, w_down, b_down) in \
+            enumerate(wt.layers):
+        qkv = F.linear(_rms_norm(x, ln1, wt.eps), w_qkv, b_qkv)
+        qkv = qkv.view(n, w, h + 2 * kvh, d).transpose(1, 2)         # (n, heads, w, d)
+        qk = qkv[:, :h + kvh]
+        qk = qk * cos + _rotate_half(qk) * sin                      # rotary, q and k at once
+        key, value = batch.cache.update(qk[:, h:], qkv[:, h + kvh:], i)   # (n, kvh, L, d)
+        o = attend(qk[:, :h], key, value, batch.shared_kv[i], bias, d ** -0.5)
+        x = x + F.linear(o.reshape(n, w, h * d), w_o, b_o)
+        gu = F.linear(_rms_norm(x, ln2, wt.eps), w_gu, b_gu)
+        x = x + F.linear(F.silu(gu[..., :wt.intermediate]) * gu[..., wt.intermediate:],
+                         w_down, b_down)
+    return F.linear(_rms_norm(x[:, -1], wt.norm, wt.eps), wt.head)
 
 
 @torch.inference_mode()
-def generate(model, prompts, group_size, advance, temperature=1.0):
+def generate(model, prompts, group_size, advance, temperature=1.0, fused=True):
     """Sample len(prompts) * group_size rows (problem-major: row b * group_size + g).
 
-    advance(row, token) -> the tokens to feed row `row` next (the sampled token
-    itself, plus any tool response), or None when the row is done. The rows of a
+    advance(row, token, logp) -> the tokens to feed row `row` next (the sampled token
+    itself, plus any tool response), or None when the row is done; logp is the token's
+    log-prob under `model` at temperature 1. The rows of a
     group share their first logits (one prefill per question).
     """
     P = shared_prefix_length(prompts, [len(p) for p in prompts])
-    batch, logits = prefill(model, prompts[0][:P], [p[P:] for p in prompts])
+    batch, logits = prefill(model, prompts[0][:P], [p[P:] for p in prompts], fused)
     batch.repeat(group_size)
     logits = logits.repeat_interleave(group_size, 0)
     active = list(range(len(prompts) * group_size))   # cache row k -> row active[k]
@@ -244,9 +374,9 @@ def generate(model, prompts, group_size, advance, temperature=1.0):
         # 1. every row that has fed all its tokens samples one
         ready = [k for k, i in enumerate(active) if not pending[i]]
         keep = [k for k, i in enumerate(active) if pending[i]]
-        next_ids = _sample(logits[ready], temperature).tolist() if ready else []
-        for k, t in zip(ready, next_ids):
-            tokens = advance(active[k], t)
+        sampled = [x.tolist() for x in _sample(logits[ready], temperature)] if ready else ([], [])
+        for k, t, lp in zip(ready, *sampled):
+            tokens = advance(active[k], t, lp)
             if tokens is not None:
                 pending[active[k]] = tokens
                 keep.append(k)
@@ -406,26 +536,28 @@ def sequence_logprobs(model, prefix, ids, attention_mask, needed=None):
 
 
 def pack(seqs, P, pad_id, device):
-    """[(prompt_ids, ids, mask)] -> tokens (N, T), attention (N, T), loss mask (N, T).
+    """[(prompt_ids, ids, mask, *columns)] -> tokens (N, T), attention (N, T), loss mask (N, T),
+    then each further per-token column of ids (the sampler's log-probs) as (N, T).
 
     The first P prompt tokens, shared by every row (the system prompt), are
     left out (they run once, as a SharedPrefix); the rest of each prompt gets
-    loss mask 0.
+    loss mask 0 (and 0 in every column).
     """
-    rows = [(p[P:] + ids, [0] * (len(p) - P) + m) for p, ids, m in seqs]
+    rows = [(p[P:] + ids, [[0] * (len(p) - P) + list(c) for c in cols]) for p, ids, *cols in seqs]
     T = max(len(r) for r, _ in rows)
     tokens = torch.full((len(rows), T), pad_id, dtype=torch.long)
     attn = torch.zeros(len(rows), T, dtype=torch.long)
-    loss_mask = torch.zeros(len(rows), T)
-    for i, (r, m) in enumerate(rows):
-        tokens[i, :len(r)], attn[i, :len(r)], loss_mask[i, :len(m)] = \
-            torch.tensor(r), 1, torch.tensor(m, dtype=torch.float)
-    return tokens.to(device), attn.to(device), loss_mask.to(device)
+    columns = torch.zeros(len(seqs[0]) - 2, len(rows), T)           # the loss mask first
+    for i, (r, cols) in enumerate(rows):
+        tokens[i, :len(r)], attn[i, :len(r)] = torch.tensor(r), 1
+        for c, values in enumerate(cols):
+            columns[c, i, :len(values)] = torch.tensor(values, dtype=torch.float)
+    return tokens.to(device), attn.to(device), *columns.to(device).unbind(0)
 
 
 def shared_prefix_ids(seqs, device):
-    """(P,) the prompt tokens every sequence [(prompt_ids, ids, mask)] starts with."""
-    P = shared_prefix_length([p for p, _, _ in seqs], [len(p) + len(i) for p, i, _ in seqs])
+    """(P,) the prompt tokens every sequence [(prompt_ids, ids, ...)] starts with."""
+    P = shared_prefix_length([p for p, *_ in seqs], [len(p) + len(i) for p, i, *_ in seqs])
     return torch.tensor(seqs[0][0][:P], dtype=torch.long, device=device)
 
 
@@ -451,6 +583,7 @@ class MicroBatch:
     tokens: torch.Tensor    # (n, T) the tokens after the shared prefix, right-padded
     attn: torch.Tensor      # (n, T) 1 on real tokens
     mask: torch.Tensor      # (n, T) loss mask: 1 on tokens the model generated
+    sampler_logp: torch.Tensor = None   # (n, T) their log-probs when sampled (rollouts only)
 
 
 @dataclass
@@ -461,11 +594,11 @@ class Batch:
 
 
 def make_batch(seqs, micro_batch, pad_id, device, max_tokens=0):
-    """[(prompt_ids, ids, mask)] -> Batch, packed once for every pass over it; micro-batches of
+    """[(prompt_ids, ids, mask[, sampler_logp])] -> Batch, packed once for every pass over it; micro-batches of
     at most micro_batch rows and max_tokens padded tokens (0: no bound)."""
     prefix_ids = shared_prefix_ids(seqs, device)
     P = len(prefix_ids)
-    lengths = [len(p) - P + len(ids) for p, ids, _ in seqs]
+    lengths = [len(p) - P + len(ids) for p, ids, *_ in seqs]
     micro = [MicroBatch(idx, *pack([seqs[i] for i in idx], P, pad_id, device))
              for idx in micro_batches(lengths, micro_batch, max_tokens)]
     return Batch(prefix_ids, micro, sum(mb.mask.sum().item() for mb in micro))

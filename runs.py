@@ -47,6 +47,7 @@ class Run:
     step: int                   # optimizer steps done in that phase
     log: object                 # metrics.jsonl (rank 0), else None
     evals: dict                 # the held-out evaluations done so far
+    train_seconds: float = 0.0  # optimizer steps' wall time so far (evaluations not counted)
 
     def path(self, name):
         return os.path.join(self.cfg.out, name)
@@ -56,21 +57,24 @@ class Run:
 
     def log_step(self, m):
         """One JSON line of metrics (rank 0 only holds the log)."""
+        self.train_seconds += m["step_time"]
         if self.log:
             self.log.write(json.dumps(m) + "\n")
             self.log.flush()
 
-    def evaluate(self, name, label):
-        """Greedy accuracy on the held-out problems, done once: kept in OUT/evals.json (written
-        atomically), so a resumed run reports the evaluations of its earlier part."""
+    def evaluate(self, name, label, n=None):
+        """Greedy accuracy on the (first n) held-out problems, done once: kept in
+        OUT/evals.json (written atomically), so a resumed run reports the evaluations of its
+        earlier part."""
         if not self.test_set:
             return
         if name not in self.evals:
             policy = unsharded(self.model)                # every rank: a collective under --fsdp
             if is_main():                                 # the other ranks wait
                 release_memory()                          # the training steps' dead heap
-                self.evals[name] = accuracy(policy, self.tok, self.suite, self.test_set,
+                self.evals[name] = accuracy(policy, self.tok, self.suite, self.test_set[:n],
                                             self.cfg)
+                self.evals[name]["train_minutes"] = self.train_seconds / 60   # time-to-accuracy
                 write_json(self.path("evals.json"), self.evals)
         barrier()
         if label and name in self.evals:
@@ -136,12 +140,15 @@ def start(cfg, first_phase, first_lr):
     log = open(os.path.join(cfg.out, "metrics.jsonl"), "a" if resumed else "w") \
         if is_main() else None
     evals_path = os.path.join(cfg.out, "evals.json")
-    evals = {}
+    evals, seconds = {}, 0.0
     if resumed and os.path.exists(evals_path):
         with open(evals_path) as f:
             evals = json.load(f)
+    if resumed and is_main():                       # the training time logged before
+        with open(os.path.join(cfg.out, "metrics.jsonl")) as f:
+            seconds = sum(json.loads(line)["step_time"] for line in f if line.strip())
     return Run(cfg, tok, model, opt, suite, suite.split("test")[:cfg.eval_n], phase, step, log,
-               evals)
+               evals, seconds)
 
 
 def frozen_reference(run):
@@ -180,16 +187,19 @@ def finish(run, sft_steps, rl_steps):
             print(f"RL phase ({rl_steps} GRPO steps, {cfg.reward} reward), {where}: "
                   f"{gain(evals['rl_start'], evals['end'])}")
     write_json(run.path("result.json"), result)      # replicate.py: the run is done
-    plot_training(run.path("metrics.jsonl"), run.path("curves.png"))
+    plot_training(run.path("metrics.jsonl"), run.path("curves.png"), evals)
     teardown()
     return result
 
 
 def gain(before, after):
-    """'0.170 -> 0.260 (+0.090, 95% CI [+0.020, +0.160], paired bootstrap, n=100)'."""
-    d, lo, hi = paired_bootstrap_ci(after["correct"], before["correct"])
-    return (f"{before['accuracy']:.3f} -> {after['accuracy']:.3f} ({d:+.3f}, 95% CI "
-            f"[{lo:+.3f}, {hi:+.3f}], paired bootstrap, n={len(after['correct'])})")
+    """'0.170 -> 0.260 (+0.090, 95% CI [+0.020, +0.160], paired bootstrap, n=100)', on the
+    problems both evaluated (the first n: an evaluation of fewer problems takes the first)."""
+    n = min(len(before["correct"]), len(after["correct"]))
+    b, a = before["correct"][:n], after["correct"][:n]
+    d, lo, hi = paired_bootstrap_ci(a, b)
+    return (f"{sum(b) / n:.3f} -> {sum(a) / n:.3f} ({d:+.3f}, 95% CI "
+            f"[{lo:+.3f}, {hi:+.3f}], paired bootstrap, n={n})")
 
 
 # ----------------------------------------------------------------------------

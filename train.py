@@ -65,6 +65,8 @@ class Config:
     clip_eps: float = 0.2
     kl_coef: float = 0.001
     ppo_epochs: int = 1             # 1: ratio == 1, on-policy GRPO
+    tis_cap: float = 0.0            # >0: truncated importance sampling, weight min(pi_old /
+                                    # pi_sampler, tis_cap) per token (0: off)
     max_turns: int = 5
     max_new_tokens: int = 64        # per assistant turn
     max_total_tokens: int = 192     # generated tokens per rollout, all turns
@@ -73,6 +75,7 @@ class Config:
     micro_batch_tokens: int = 0     # ... and padded tokens (rows x longest row); 0: rows alone
     grad_checkpointing: bool = False  # keep layer inputs only, recompute in backward (memory)
     eval_n: int = 100               # held-out problems for the evaluations (0: skip)
+    eval_every: int = 0             # GRPO steps between more of them (0: where RL starts and ends)
     save_every: int = 2
     seed: int = 0
     precision: str = "auto"         # matmuls in bf16 where fast (model.compute_dtype) | fp32 | bf16
@@ -84,10 +87,12 @@ class Config:
 
 
 # --preset: cpu is the defaults above with dynamic sampling, under which GRPO learned on 2 CPU
-# cores (results/rl-log.md, section 6); gpu suits one GPU and the Qwen students (no warm start;
-# its micro-batch fits 24 GB for Qwen2.5-0.5B by experiments/memory.py's measured model; a
-# 0.5B checkpoint is ~6 GB). Default: gpu where CUDA is, else cpu; flags win over either.
-PRESETS = {"cpu": dict(max_sample_batches=4),
+# cores (results/rl-log.md, section 6), and 200 held-out problems (a CI of about +-0.08 on a
+# +0.2 gain, results/cpu-preset-n200), evaluated again halfway through RL; gpu suits one GPU
+# and the Qwen students (no warm start; its micro-batch fits 24 GB for Qwen2.5-0.5B by
+# experiments/memory.py's measured model; a 0.5B checkpoint is ~6 GB). Default: gpu where
+# CUDA is, else cpu; flags win over either.
+PRESETS = {"cpu": dict(max_sample_batches=4, eval_n=200, eval_every=5),
            "gpu": dict(warmup_sft_steps=0, steps=200, batch_size=16, group_size=8, lr=1e-6,
                        max_new_tokens=512, max_total_tokens=1536, micro_batch=16,
                        micro_batch_tokens=8192, grad_checkpointing=True, eval_n=200,
@@ -128,7 +133,19 @@ def kl_k3(logp, ref_logp):
     return torch.exp(d) - d - 1
 
 
-def grpo_loss(logp, old_logp, ref_logp, advantages, mask, clip_eps=0.2, kl_coef=0.001):
+def tis_weights(old_logp, sampler_logp, cap):
+    """(N, T) truncated importance weights min(pi_old / pi_sampler, cap), no grad (TIS).
+
+    The rollout samples from a bf16 copy with fused kernels; the loss's pi_old is the trained
+    fp32 weights. The tokens came from the sampler, so the policy gradient, taken as if they
+    came from pi_old, is reweighted by their ratio, truncated at `cap` (verl, TRL and NeMo-RL
+    do the same) so that a rare token the sampler overrated cannot dominate the step.
+    """
+    return torch.exp(old_logp - sampler_logp).clamp(max=cap).detach()
+
+
+def grpo_loss(logp, old_logp, ref_logp, advantages, mask, clip_eps=0.2, kl_coef=0.001,
+              is_weights=None):
     """Clipped GRPO surrogate + k3 KL, averaged over all generated tokens of the batch.
 
     Args:
@@ -137,13 +154,14 @@ def grpo_loss(logp, old_logp, ref_logp, advantages, mask, clip_eps=0.2, kl_coef=
         ref_logp:   (N, T) log pi_ref, or None when kl_coef == 0
         advantages: (N,)   one advantage per rollout, broadcast over its tokens
         mask:       (N, T) 1 on tokens the model generated, 0 on prompt, tool responses, padding
+        is_weights: (N, T) importance weights of the surrogate (tis_weights), or None
     Returns:
         loss (scalar, token mean), metrics dict
     """
     ratio = torch.exp(logp - old_logp)                                     # (N, T)
     A = advantages[:, None]                                                # (N, 1)
     surrogate = torch.min(ratio * A, ratio.clamp(1 - clip_eps, 1 + clip_eps) * A)
-    per_token = -surrogate                                                 # (N, T)
+    per_token = -surrogate if is_weights is None else -surrogate * is_weights   # (N, T)
     kl = kl_k3(logp, ref_logp) if ref_logp is not None else torch.zeros_like(logp)
     per_token = per_token + kl_coef * kl
     clipped = ((ratio - 1).abs() > clip_eps).float()
@@ -234,13 +252,16 @@ def grpo_step(model, ref_model, opt, tok, suite, problems, cfg, draw=None):
                             **rollout_metrics(sampled, suite),
                             "rollout_time": t_rollout, "sample_batches": len(batches)})
     metrics["rollout_tok_s"] = metrics["response_tokens"] * len(sampled) / t_rollout
-    seqs = [(r.prompt_ids, r.ids, r.mask) for r in rollouts]
+    seqs = [(r.prompt_ids, r.ids, r.mask, r.sampler_logp) for r in rollouts]
     return {**metrics, **policy_update(model, ref_model, opt, tok.pad_token_id, seqs,
                                        adv.flatten().to(model.device), cfg)}
 
 
 def policy_update(model, ref_model, opt, pad_id, seqs, adv, cfg):
-    """ppo_epochs optimizer steps on rollouts [(prompt_ids, ids, mask)] with advantages (N,).
+    """ppo_epochs optimizer steps on rollouts [(prompt_ids, ids, mask, sampler_logp)] with
+    advantages (N,). Logs sampler_kl, the k3 estimate of KL(sampler || pi_old) per token:
+    how far the bf16 sampler's log-probs are from the trained weights' (--tis-cap weighs
+    the gradient by their ratio).
 
     Rows of a group whose rewards are all equal have advantage exactly 0: their policy
     gradient is 0, so they are left out of the loss (their only term would be the KL
@@ -251,8 +272,9 @@ def policy_update(model, ref_model, opt, pad_id, seqs, adv, cfg):
     """
     keep = range(len(seqs)) if is_sharded(model) else (adv != 0).nonzero().flatten().tolist()
     seqs, adv = [seqs[i] for i in keep], adv[keep]
-    out = {"trained_rows": all_sum(len(seqs)), "loss": 0.0, "kl": 0.0, "clip_frac": 0.0}
-    n_tokens = all_sum(sum(sum(m) for _, _, m in seqs))
+    out = {"trained_rows": all_sum(len(seqs)), "loss": 0.0, "kl": 0.0, "clip_frac": 0.0,
+           "sampler_kl": 0.0}
+    n_tokens = all_sum(sum(sum(m) for _, _, m, _ in seqs))
     if n_tokens == 0:
         return out
     dtype = compute_dtype(model.device, cfg.precision)
@@ -264,8 +286,11 @@ def policy_update(model, ref_model, opt, pad_id, seqs, adv, cfg):
 
     def loss_fn(k, mb, logp):
         old_logp = old[k] if old else logp.detach()        # one epoch: ratio == 1
-        return batch_share(*grpo_loss(logp, old_logp, ref[k] if ref else None, adv[mb.rows],
-                                      mb.mask, cfg.clip_eps, cfg.kl_coef), mb.mask, n_tokens)
+        w = tis_weights(old_logp, mb.sampler_logp, cfg.tis_cap) if cfg.tis_cap else None
+        loss, m = grpo_loss(logp, old_logp, ref[k] if ref else None, adv[mb.rows], mb.mask,
+                            cfg.clip_eps, cfg.kl_coef, w)
+        m["sampler_kl"] = masked_mean(kl_k3(mb.sampler_logp, old_logp), mb.mask).item()
+        return batch_share(loss, m, mb.mask, n_tokens)
 
     model.train()
     for _ in range(cfg.ppo_epochs):
@@ -274,12 +299,17 @@ def policy_update(model, ref_model, opt, pad_id, seqs, adv, cfg):
         sync_gradients(model)                      # sum over ranks (a world of one: nothing)
         clip_grad_norm(model, 1.0)
         opt.step()
-    out.update({k: all_sum(m.get(k, 0.0)) for k in ("loss", "kl", "clip_frac")})
+    out.update({k: all_sum(m.get(k, 0.0)) for k in ("loss", "kl", "clip_frac", "sampler_kl")})
     return out
 
 
 # ----------------------------------------------------------------------------
 # The loops
+
+# Held-out problems the base student is evaluated on before the SFT warm start: the 135M
+# student has scored 0.000 with no tool call on every run so far (results/), so a full
+# evaluation would only spend minutes; the warm start's gain is paired on these problems.
+START_EVAL_N = 25
 
 def run_sft(run, cfg, steps):
     """SFT steps run.step..steps on the teacher's trajectories (warm start or the SFT baseline)."""
@@ -314,6 +344,8 @@ def run_grpo(run, cfg):
                         tools=f"{m['tool_call_rate']:.2f}", s=f"{m['step_time']:.0f}")
         if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps:
             run.save(step + 1, "grpo")
+        if cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < cfg.steps:
+            run.evaluate(f"grpo_{step + 1}", f"after GRPO step {step + 1}")
 
 
 def train(cfg):
@@ -322,8 +354,8 @@ def train(cfg):
     sft_steps = cfg.steps if cfg.method == "sft" else cfg.warmup_sft_steps
     rl_steps = cfg.steps if cfg.method == "grpo" else 0
     run = runs.start(cfg, "sft" if sft_steps else "grpo", cfg.sft_lr if sft_steps else cfg.lr)
-    if run.phase == "sft" and run.step == 0:
-        run.evaluate("start", "start")
+    if run.phase == "sft" and run.step == 0:       # the base student, on a few problems
+        run.evaluate("start", f"start (the first {START_EVAL_N} problems)", START_EVAL_N)
     if run.phase == "sft" and sft_steps:
         run_sft(run, cfg, sft_steps)
         run.phase, run.step = "grpo", 0

@@ -179,7 +179,8 @@ def one_step(shape, rows, T, grad_checkpointing):
     engine.set_grad_checkpointing(model, grad_checkpointing)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-6, weight_decay=0.0)
     prompt = list(range(10, 10 + PREFIX_TOKENS))
-    seqs = [(prompt + [5 + r], list(range(100 + r, 100 + r + T)), [1] * T) for r in range(rows)]
+    seqs = [(prompt + [5 + r], list(range(100 + r, 100 + r + T)), [1] * T, [0.0] * T)
+            for r in range(rows)]
     cfg = train.Config(micro_batch=16, micro_batch_tokens=rows * T, kl_coef=0.0)
     adv = torch.tensor([1.0, -1.0] * (rows // 2))
     t0 = time.time()

@@ -12,11 +12,12 @@ import torch.multiprocessing as mp
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Two groups of two rollouts, of different lengths: rank 0 holds more tokens than rank 1.
+# (prompt, ids, mask, the sampler's log-probs)
 PROMPT = [5, 6, 7, 8]
-GROUPS = [[(PROMPT + [9], [10, 11, 12, 13, 14, 15], [1, 1, 0, 1, 1, 1]),
-           (PROMPT + [9], [16, 17, 18, 19], [1, 1, 1, 1])],
-          [(PROMPT + [20, 21], [22, 23], [1, 1]),
-           (PROMPT + [20, 21], [24], [1])]]
+GROUPS = [[(PROMPT + [9], [10, 11, 12, 13, 14, 15], [1, 1, 0, 1, 1, 1], [-3.0] * 6),
+           (PROMPT + [9], [16, 17, 18, 19], [1, 1, 1, 1], [-3.5] * 4)],
+          [(PROMPT + [20, 21], [22, 23], [1, 1], [-2.5] * 2),
+           (PROMPT + [20, 21], [24], [1], [-3.0])]]
 ADV = [[1.0, -1.0], [-1.0, 1.0]]
 # A step's sampled rewards (B=1, G=2) and (reward, parts) per rank; a part only rank 1 met.
 REWARDS = [[[1.0, 0.0]], [[0.25, 0.25]]]
@@ -117,9 +118,9 @@ def test_two_ranks_update_equals_one_process_on_the_same_groups(tmp_path, fsdp):
     for k, v in w1.items():
         assert torch.allclose(v, got["weights"][k], atol=1e-6), k
     assert got["metrics"]["trained_rows"] == m1["trained_rows"] == 4
-    for k in ("loss", "kl", "clip_frac"):
+    for k in ("loss", "kl", "clip_frac", "sampler_kl"):
         assert got["metrics"][k] == pytest.approx(m1[k], abs=1e-6), k
-    assert m1["kl"] > 0
+    assert m1["kl"] > 0 and m1["sampler_kl"] > 0
     # (d) the step's reward statistics are those of all ranks' rollouts together: std 0.375
     # (the mean of the two ranks' stds, 0.5 and 0, would say 0.25)
     import runs

@@ -78,6 +78,23 @@ def test_tool_call_is_executed_and_its_response_is_masked(student, math_suite):
                 assert row[r.ids[t]] >= row.max() - 1e-3, t
 
 
+def test_sampler_logp_is_each_tokens_log_prob_under_a_plain_forward(student, math_suite):
+    """Rollout.sampler_logp: log p(token) at temperature 1 under the sampling weights, recorded
+    at sampling time (train.py's sampler_kl and --tis-cap read it), 0 where the mask is 0."""
+    tok, model = student
+    torch.manual_seed(0)
+    rollouts = generate_rollouts(model, tok, math_suite.split("test")[:2], math_suite.tools,
+                                 math_suite.schemas, group_size=2, max_new_tokens=20,
+                                 max_total_tokens=40, temperature=0.7)
+    for r in rollouts:
+        assert len(r.sampler_logp) == len(r.ids)
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([r.prompt_ids + r.ids])).logits[0]
+        lp = torch.log_softmax(logits[len(r.prompt_ids) - 1:-1].float(), -1)
+        plain = lp.gather(1, torch.tensor(r.ids)[:, None])[:, 0] * torch.tensor(r.mask)
+        assert torch.allclose(torch.tensor(r.sampler_logp), plain, atol=1e-3)
+
+
 def test_batched_group_rollouts_are_well_formed(student, math_suite):
     tok, model = student
     torch.manual_seed(0)
@@ -120,9 +137,12 @@ def test_sampling_follows_the_distribution():
     torch.manual_seed(0)
     p = torch.tensor([0.5, 0.3, 0.15, 0.05, 0.0])
     logits = p.clamp(min=1e-12).log().expand(40_000, -1)
-    freq = torch.bincount(_sample(logits, 1.0), minlength=5) / 40_000
+    ids, logp = _sample(logits, 1.0)
+    freq = torch.bincount(ids, minlength=5) / 40_000
     assert torch.allclose(freq, p, atol=0.01) and freq[4] == 0      # 0.01 is > 4 standard errors
-    assert (_sample(logits[:3], 0) == 0).all()                       # temperature 0: argmax
+    assert torch.allclose(logp, p[ids].log())                        # each token's log-prob
+    ids, logp = _sample(logits[:3] * 2, 0)                           # temperature 0: argmax,
+    assert (ids == 0).all() and torch.allclose(logp, torch.log_softmax(logits[0] * 2, -1)[0])
 
 
 def test_growing_kv_matches_concatenation_across_growth_repeat_and_drop():
@@ -153,11 +173,11 @@ def test_growing_kv_matches_concatenation_across_growth_repeat_and_drop():
 
 
 def test_shared_prefix_attention_equals_attention_over_the_concatenation():
-    """The prompt part once for all rows + each row's own part, one softmax == SDPA over
-    [prompt; row]."""
+    """The prompt part once for all rows + each row's own part == SDPA over [prompt; row], with
+    the CPU's fused kernel (two parts merged by log-sum-exp) and with plain matmuls."""
     import types
     import torch.nn.functional as F
-    from engine import shared_prefix_attention
+    import engine
     torch.manual_seed(0)
     n, kvh, g, w, L, P, d = 3, 2, 3, 4, 6, 5, 8             # 3 query heads per kv head
     q = torch.randn(n, kvh * g, w, d)
@@ -165,17 +185,57 @@ def test_shared_prefix_attention_equals_attention_over_the_concatenation():
     pk, pv = torch.randn(kvh, P, d), torch.randn(kvh, P, d)
     mask = torch.ones(w, L, dtype=torch.bool).tril(L - w).repeat(n, 1, 1, 1)  # causal chunk
     mask[1, ..., :2] = False                                                 # row 1: holes
-    mask[2, :, 0] = False          # row 2: a pad query that sees none of its own keys
+    mask[2, :, 0] = False          # row 2: a pad query that sees none of its own keys ...
     layer = types.SimpleNamespace(layer_idx=1)
-    for m in (mask, None):
-        out, _ = shared_prefix_attention(layer, q, k, v, m, d ** -0.5, [None, (pk, pv)])
-        full_k = torch.cat([pk.expand(n, -1, -1, -1), k], 2).repeat_interleave(g, 1)
-        full_v = torch.cat([pv.expand(n, -1, -1, -1), v], 2).repeat_interleave(g, 1)
-        own = mask if m is not None else mask[:1].expand(n, -1, -1, -1)
-        full_m = torch.cat([torch.ones(n, 1, w, P, dtype=torch.bool), own], -1)
-        ref = F.scaled_dot_product_attention(q, full_k, full_v, attn_mask=full_m)
-        assert out.shape == (n, w, kvh * g, d)
-        assert torch.allclose(out, ref.transpose(1, 2), atol=1e-5)
+    for flash in (True, False):
+        for m in (mask, None):
+            real = engine.attend
+            engine.attend = lambda *a: real(*a, flash=flash)
+            try:
+                out, _ = engine.shared_prefix_attention(layer, q, k, v, m, d ** -0.5,
+                                                        [None, (pk, pv)])
+            finally:
+                engine.attend = real
+            full_k = torch.cat([pk.expand(n, -1, -1, -1), k], 2).repeat_interleave(g, 1)
+            full_v = torch.cat([pv.expand(n, -1, -1, -1), v], 2).repeat_interleave(g, 1)
+            own = (mask if m is not None else mask[:1].expand(n, -1, -1, -1)).clone()
+            own[2, :, 0, L - w] = True                                  # ... but its own position
+            full_m = torch.cat([torch.ones(n, 1, w, P, dtype=torch.bool), own], -1)
+            ref = F.scaled_dot_product_attention(q, full_k, full_v, attn_mask=full_m)
+            assert out.shape == (n, w, kvh * g, d)
+            assert torch.allclose(out, ref.transpose(1, 2), atol=1e-5), (flash, m is None)
+
+
+def test_hand_written_decode_step_equals_the_models_forward(student):
+    """engine.decode_forward (fused weights, by hand) against the model's own forward through
+    the same cache, step by step: a prefill of ragged tails, one-token steps, and chunks of
+    several tokens with left padding (a tool response going in), on the real student (fp32
+    and bf16), a tiny Qwen2 (q/k/v biases) and a tiny Llama (every bias)."""
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+    from engine import DecodeWeights, feed, prefill
+    tok, smol = student
+    torch.manual_seed(0)
+    small = dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                 num_attention_heads=4, num_key_value_heads=2, initializer_range=0.5)
+    qwen = Qwen2ForCausalLM(Qwen2Config(**small)).eval()
+    biased = LlamaForCausalLM(LlamaConfig(attention_bias=True, mlp_bias=True, **small)).eval()
+    for name, p in list(qwen.named_parameters()) + list(biased.named_parameters()):
+        if name.endswith("bias"):
+            torch.nn.init.normal_(p.data)                   # initialised to 0: would hide one
+    prompt = torch.randint(100, 5000, (40,)).tolist()
+    tails = [prompt[30:], prompt[30:33], [7]]
+    steps = [[[5], [6], [7]], [[8, 9, 10], [], [11]], [[12], [13, 14], [15, 16, 17, 18]], [[1]] * 3]
+    import copy
+    for model, tol in ((smol, 1e-5), (copy.deepcopy(smol).to(torch.bfloat16), 0.03), (qwen, 1e-5), (biased, 1e-5)):
+        assert DecodeWeights.of(model) is not None
+        with torch.inference_mode():
+            (fast, a), (plain, b) = (prefill(model, prompt[:30], tails, fused) for fused in (True, False))
+            for chunks in [None] + steps:
+                if chunks:
+                    a, b = feed(model, fast, chunks), feed(model, plain, chunks)
+                scale = b.float().abs().max()
+                assert (a.float() - b.float()).abs().max() <= tol * scale, model.dtype
+        assert torch.equal(fast.n_real, plain.n_real)
 
 
 def test_greedy_rollouts_match_a_plain_forward_on_qwen_architectures(student, math_suite):

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from engine import SharedPrefix, pack, sequence_logprobs, shared_prefix_ids
-from train import batch_share, group_advantages, grpo_loss, kl_k3, masked_mean, sft_loss
+from train import (batch_share, group_advantages, grpo_loss, kl_k3, masked_mean, sft_loss,
+                   tis_weights)
 
 
 def test_group_advantages_by_hand():
@@ -161,3 +162,24 @@ def test_backward_seam_gives_the_token_mean_gradient_of_a_plain_forward(tiny_mod
     assert m["loss"] == pytest.approx(plain.item(), abs=1e-6)
     for g, p in zip(expected, tiny_model.parameters()):
         assert torch.allclose(g, p.grad, atol=1e-5)
+
+
+def test_truncated_importance_weights_by_hand():
+    """pi_old / pi_sampler = 0.5 / 0.25 = 2 (truncated to the cap 1.5) and 0.2 / 0.4 = 0.5;
+    with ratio 1 and advantage 1 the loss is -(1.5 + 0.5) / 2 and each token's gradient
+    -w / 2; without weights, -1 and -1/2."""
+    old = torch.tensor([[0.5, 0.2]]).log()
+    sampler = torch.tensor([[0.25, 0.4]]).log()
+    w = tis_weights(old, sampler, cap=1.5)
+    assert torch.allclose(w, torch.tensor([[1.5, 0.5]]))
+    for weights, loss_value, grad in ((w, -1.0, [-0.75, -0.25]), (None, -1.0, [-0.5, -0.5])):
+        logp = old.clone().requires_grad_(True)
+        loss, _ = grpo_loss(logp, old, None, torch.ones(1), torch.ones(1, 2), kl_coef=0.0,
+                            is_weights=weights)
+        loss.backward()
+        assert abs(loss.item() - loss_value) < 1e-6
+        assert torch.allclose(logp.grad, torch.tensor([grad]))
+    # the sampler-trainer mismatch train.py logs: k3 of KL(sampler || pi_old), 0 when equal
+    assert kl_k3(sampler, sampler).abs().max() == 0
+    # and r - 1 - log r with r = pi_old / pi_sampler: 1 - log 2 and log 2 - 1/2
+    assert torch.allclose(kl_k3(sampler, old), torch.tensor([[1 - math.log(2), math.log(2) - 0.5]]))
