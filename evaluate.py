@@ -292,8 +292,9 @@ def plot_training(metrics_path, out_png, evals=None):
     timed = sorted((e["train_minutes"], e["accuracy"], name, len(e["correct"]))
                    for name, e in (evals or {}).items() if "train_minutes" in e)
     axes[5].plot([t for t, *_ in timed], [a for _, a, *_ in timed], "o-")
-    for t, a, name, n in timed:
-        axes[5].annotate(f"{name} (n={n})", (t, a), fontsize=7)
+    for i, (t, a, name, n) in enumerate(timed):
+        axes[5].annotate(f"{name} (n={n})", (t, a), fontsize=7,
+                         ha="right" if i == len(timed) - 1 else "left")
     axes[5].set(title="held-out accuracy (greedy)", xlabel="minutes of training (no evaluations)")
     fig.tight_layout()
     fig.savefig(out_png, dpi=110)

@@ -69,7 +69,6 @@ def prompt_messages(question, schemas):
             {"role": "user", "content": question}]
 
 
-
 # ----------------------------------------------------------------------------
 # Rollouts
 
@@ -230,8 +229,7 @@ def main():
     for i, r in enumerate(rollouts):
         total, parts = compute_reward("mentor", r, suite)
         print(f"\n=== rollout {i}: {r.problem['question']}\n--- gold {r.problem['answer']} "
-              f"| teacher_tools {r.problem['teacher_tools']}")
-        print(r.text)
+              f"| teacher_tools {r.problem['teacher_tools']}\n{r.text}")
         print(f"--- tool calls {r.tool_calls} | answer {r.answer!r} | truncated {r.truncated} "
               f"| mentor reward {total:.3f} {parts}")
     n_tok = sum(r.n_generated for r in rollouts)

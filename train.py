@@ -11,17 +11,15 @@ One GRPO step (docs/paper.md, "The method"):
      (--max-sample-batches N: more batches while too few groups have signal, DAPO);
   2. score every rollout with the reward (reward.py) -> r of shape (B, G);
   3. A = (r - mean_group) / (std_group + eps), the same for every token of a rollout;
-     rows with A == 0 (a group whose rewards are all equal) carry no policy gradient
-     and are left out of the loss pass (DAPO drops such groups too);
+     the rows of a flat group (A == 0) are left out of the loss pass, as DAPO drops them;
   4. loss = token mean over generated tokens of
          -min(ratio * A, clip(ratio, 1 - clip_eps, 1 + clip_eps) * A) + kl_coef * k3(ref, pi)
      where ratio = pi / pi_rollout and tool-response tokens are masked out.
 
-Cold start: the 135M student calls no tool and boxes no answer, so every rollout earns the
-same reward and GRPO has no signal; the cpu preset gives RL a short SFT warm start on the
-teacher's trajectories, and the KL reference is the policy after it. Qwen students (the gpu
-preset) start RL directly, as the paper does. The run folder (checkpoints, resume, logs,
-evaluations) is runs.py's; how generation and the loss are made fast, engine.py's.
+Cold start: the 135M student calls no tool, so every reward is equal and GRPO has no signal;
+the cpu preset warms it up with SFT on the teacher's trajectories (the KL reference is the
+policy after it). Qwen students (gpu preset) start RL directly, as the paper does. The run
+folder is runs.py's; how generation and the loss are made fast, engine.py's.
 """
 import random
 import sys
@@ -29,7 +27,6 @@ import time
 from dataclasses import dataclass
 
 import torch
-
 from tqdm import tqdm
 
 import runs
@@ -57,16 +54,14 @@ class Config:
     batch_size: int = 8             # questions per GRPO step
     sft_batch_size: int = 8         # teacher trajectories per SFT step
     group_size: int = 4             # G rollouts per question
-    max_sample_batches: int = 1     # >1: DAPO's dynamic sampling (grpo_step): draw up to this many
-                                    # batches a step until batch_size groups have signal
+    max_sample_batches: int = 1     # >1: DAPO's dynamic sampling, up to this many batches a step
     lr: float = 1e-5
     sft_lr: float = 1e-4
     advantage: str = "grpo"         # grpo: (r - mean) / std | dr_grpo: r - mean (Dr. GRPO)
     clip_eps: float = 0.2
     kl_coef: float = 0.001
     ppo_epochs: int = 1             # 1: ratio == 1, on-policy GRPO
-    tis_cap: float = 0.0            # >0: truncated importance sampling, weight min(pi_old /
-                                    # pi_sampler, tis_cap) per token (0: off)
+    tis_cap: float = 0.0            # >0: truncated importance sampling (tis_weights); 0: off
     max_turns: int = 5
     max_new_tokens: int = 64        # per assistant turn
     max_total_tokens: int = 192     # generated tokens per rollout, all turns
@@ -86,12 +81,10 @@ class Config:
     fsdp: bool = False              # shard decoder layers over the ranks (distributed.py)
 
 
-# --preset: cpu is the defaults above with dynamic sampling, under which GRPO learned on 2 CPU
-# cores (results/rl-log.md, section 6), and 200 held-out problems (a CI of about +-0.08 on a
-# +0.2 gain, results/cpu-preset-n200), evaluated again halfway through RL; gpu suits one GPU
-# and the Qwen students (no warm start; its micro-batch fits 24 GB for Qwen2.5-0.5B by
-# experiments/memory.py's measured model; a 0.5B checkpoint is ~6 GB). Default: gpu where
-# CUDA is, else cpu; flags win over either.
+# --preset: cpu (make train) adds dynamic sampling, under which GRPO learned on 2 CPU cores
+# (results/rl-log.md), and 200 held-out problems (a CI of about +-0.08 on a +0.2 gain); gpu
+# suits one GPU and Qwen students (no warm start; fits 24 GB for Qwen2.5-0.5B by experiments/
+# memory.py). Default: gpu where CUDA is, else cpu; flags win over either.
 PRESETS = {"cpu": dict(max_sample_batches=4, eval_n=200, eval_every=5),
            "gpu": dict(warmup_sft_steps=0, steps=200, batch_size=16, group_size=8, lr=1e-6,
                        max_new_tokens=512, max_total_tokens=1536, micro_batch=16,
@@ -116,10 +109,9 @@ def group_advantages(rewards, kind="grpo", eps=1e-6):
     """(B, G) rewards -> (B, G) advantages: (r - mean) / (std + eps) within each group (GRPO),
     or r - mean (kind "dr_grpo": Dr. GRPO, no division, so a small reward gap stays small).
 
-    std is the population std (unbiased=False). A group whose rewards are all equal
-    (or a group of one) gets advantage exactly 0, so no policy gradient: set
-    explicitly, because in float32 the mean of 8 rewards of 0.16 is not exactly 0.16,
-    and (r - mean) / eps would turn that rounding into advantages of about 0.01-0.06.
+    std is the population std (unbiased=False). A flat group (or a group of one) gets exactly
+    0, set explicitly: in float32 the mean of 8 rewards of 0.16 is not exactly 0.16, and
+    (r - mean) / eps would turn that rounding into advantages of about 0.01-0.06.
     """
     centred = rewards - rewards.mean(1, keepdim=True)                     # (B, G)
     std = rewards.std(1, unbiased=False, keepdim=True)                     # (B, 1)
@@ -134,13 +126,9 @@ def kl_k3(logp, ref_logp):
 
 
 def tis_weights(old_logp, sampler_logp, cap):
-    """(N, T) truncated importance weights min(pi_old / pi_sampler, cap), no grad (TIS).
-
-    The rollout samples from a bf16 copy with fused kernels; the loss's pi_old is the trained
-    fp32 weights. The tokens came from the sampler, so the policy gradient, taken as if they
-    came from pi_old, is reweighted by their ratio, truncated at `cap` (verl, TRL and NeMo-RL
-    do the same) so that a rare token the sampler overrated cannot dominate the step.
-    """
+    """(N, T) min(pi_old / pi_sampler, cap), no grad: truncated importance sampling (as verl,
+    TRL, NeMo-RL). The tokens came from the bf16 sampler, not from pi_old (the fp32 weights);
+    the cap keeps a token the sampler overrated from dominating the step."""
     return torch.exp(old_logp - sampler_logp).clamp(max=cap).detach()
 
 
@@ -161,9 +149,10 @@ def grpo_loss(logp, old_logp, ref_logp, advantages, mask, clip_eps=0.2, kl_coef=
     ratio = torch.exp(logp - old_logp)                                     # (N, T)
     A = advantages[:, None]                                                # (N, 1)
     surrogate = torch.min(ratio * A, ratio.clamp(1 - clip_eps, 1 + clip_eps) * A)
-    per_token = -surrogate if is_weights is None else -surrogate * is_weights   # (N, T)
+    if is_weights is not None:
+        surrogate = surrogate * is_weights
     kl = kl_k3(logp, ref_logp) if ref_logp is not None else torch.zeros_like(logp)
-    per_token = per_token + kl_coef * kl
+    per_token = -surrogate + kl_coef * kl                                  # (N, T)
     clipped = ((ratio - 1).abs() > clip_eps).float()
     return masked_mean(per_token, mask), {"kl": masked_mean(kl, mask).item(),
                                           "clip_frac": masked_mean(clipped, mask).item()}
@@ -175,10 +164,9 @@ def sft_loss(logp, mask):
 
 
 def batch_share(loss, metrics, mask, n_tokens):
-    """A micro-batch's part of the batch's token mean: its own token mean weighted by its share
-    of the batch's n_tokens generated tokens, so that the parts add up to the token mean over
-    the whole batch (engine.backward sums them). With grpo_loss, the one place the loss is
-    aggregated: a mean per sequence instead is an edit of these two functions."""
+    """A micro-batch's part of the batch's token mean: its token mean weighted by its share of
+    the batch's n_tokens, so the parts (engine.backward sums them) add up to the token mean.
+    With grpo_loss, the one place the loss is aggregated (a mean per sequence: edit these)."""
     w = mask.sum().item() / n_tokens
     return loss * w, {"loss": loss.item() * w, **{k: v * w for k, v in metrics.items()}}
 
@@ -205,13 +193,10 @@ def sft_step(model, opt, tok, trajs, cfg):
 def sample_groups(policy, tok, suite, problems, cfg, draw):
     """Roll out group_size samples of each question and score them -> (the rollouts the loss
     trains on, their (B, G) rewards, every rollout sampled, its (reward, parts), and the (B, G)
-    rewards of each batch drawn).
-
-    Dynamic sampling (DAPO), cfg.max_sample_batches > 1: a group of equal rewards teaches
-    nothing, yet AdamW's step is full-size even when one group has signal. So while fewer than
-    batch_size groups have signal, draw() another batch, up to max_sample_batches; the step
-    trains on the first batch_size groups with signal.
-    """
+    rewards of each batch drawn). Dynamic sampling (DAPO), max_sample_batches > 1: a flat group
+    teaches nothing, yet AdamW's step is full-size even when one group has signal; so while
+    fewer than batch_size groups have signal, draw() another batch, up to max_sample_batches,
+    and train on the first batch_size groups with signal."""
     G, share = cfg.group_size, cfg.batch_size // world()
     sampled, scores, batches, keep, keep_rewards = [], [], [], [], []
     while True:
@@ -259,16 +244,12 @@ def grpo_step(model, ref_model, opt, tok, suite, problems, cfg, draw=None):
 
 def policy_update(model, ref_model, opt, pad_id, seqs, adv, cfg):
     """ppo_epochs optimizer steps on rollouts [(prompt_ids, ids, mask, sampler_logp)] with
-    advantages (N,). Logs sampler_kl, the k3 estimate of KL(sampler || pi_old) per token:
-    how far the bf16 sampler's log-probs are from the trained weights' (--tis-cap weighs
-    the gradient by their ratio).
+    advantages (N,); sampler_kl: k3 of KL(sampler || pi_old), the sampler-trainer mismatch.
 
-    Rows of a group whose rewards are all equal have advantage exactly 0: their policy
-    gradient is 0, so they are left out of the loss (their only term would be the KL
-    penalty), as DAPO's dynamic sampling drops them. The loss is the token mean over the
-    rows that remain, on every rank; with none left anywhere, there is no optimizer step.
-    Under --fsdp every rank must run as many forward and backward passes (each is a
-    collective), so there all rows stay.
+    Rows of a flat group have advantage exactly 0, so no policy gradient: they are left out of
+    the loss (their only term would be the KL penalty), as DAPO drops them; the loss is the
+    token mean over the rows left on every rank, and with none anywhere there is no step.
+    Under --fsdp all rows stay (every rank must run as many passes: each is a collective).
     """
     keep = range(len(seqs)) if is_sharded(model) else (adv != 0).nonzero().flatten().tolist()
     seqs, adv = [seqs[i] for i in keep], adv[keep]
@@ -305,11 +286,6 @@ def policy_update(model, ref_model, opt, pad_id, seqs, adv, cfg):
 
 # ----------------------------------------------------------------------------
 # The loops
-
-# Held-out problems the base student is evaluated on before the SFT warm start: the 135M
-# student has scored 0.000 with no tool call on every run so far (results/), so a full
-# evaluation would only spend minutes; the warm start's gain is paired on these problems.
-START_EVAL_N = 25
 
 def run_sft(run, cfg, steps):
     """SFT steps run.step..steps on the teacher's trajectories (warm start or the SFT baseline)."""
@@ -355,7 +331,7 @@ def train(cfg):
     rl_steps = cfg.steps if cfg.method == "grpo" else 0
     run = runs.start(cfg, "sft" if sft_steps else "grpo", cfg.sft_lr if sft_steps else cfg.lr)
     if run.phase == "sft" and run.step == 0:       # the base student, on a few problems
-        run.evaluate("start", f"start (the first {START_EVAL_N} problems)", START_EVAL_N)
+        run.evaluate("start", "start", runs.START_EVAL_N)
     if run.phase == "sft" and sft_steps:
         run_sft(run, cfg, sft_steps)
         run.phase, run.step = "grpo", 0
