@@ -12,13 +12,15 @@ or smaller, and tests pin each fast path against the plain computation
 
 Generation (`generate`). Every row starts with the same system prompt (the
 tool schemas, ~850 tokens). It is run once and its KV kept once
-(shared_prefix_attention reads it once per step for all rows); each question's
+(`attend` reads it once per step for all rows); each question's
 tail is run once and its cache repeated for the G samples of its group. Every
 step feeds each row its new tokens (the sampled token, or the next piece of a
 tool response) as one left-padded chunk, so the logits needed are all at the
 last position. Padding holes inside the cache are masked out and positions are
 explicit, so each row sees exactly its own sequence. The cache is written in
-place (GrowingKV); finished rows leave it.
+place (GrowingKV); finished rows leave it. For Llama and Qwen2 students a step is
+`decode_forward`, their forward written by hand with fewer, larger operators (a CPU pays
+microseconds per operator); other models run transformers' forward on the same cache.
 
 Log-probs (`logprobs`, `backward`). The shared system prompt of a batch is
 run once as a `SharedPrefix`; micro-batches attach to its KV cache (repeated to
@@ -356,7 +358,7 @@ def decode_forward(wt, ids, pos, batch):
 
 
 @torch.inference_mode()
-def generate(model, prompts, group_size, advance, temperature=1.0, fused=True):
+def generate(model, prompts, group_size, advance, temperature=1.0):
     """Sample len(prompts) * group_size rows (problem-major: row b * group_size + g).
 
     advance(row, token, logp) -> the tokens to feed row `row` next (the sampled token
@@ -365,7 +367,7 @@ def generate(model, prompts, group_size, advance, temperature=1.0, fused=True):
     group share their first logits (one prefill per question).
     """
     P = shared_prefix_length(prompts, [len(p) for p in prompts])
-    batch, logits = prefill(model, prompts[0][:P], [p[P:] for p in prompts], fused)
+    batch, logits = prefill(model, prompts[0][:P], [p[P:] for p in prompts])
     batch.repeat(group_size)
     logits = logits.repeat_interleave(group_size, 0)
     active = list(range(len(prompts) * group_size))   # cache row k -> row active[k]
