@@ -84,8 +84,10 @@ class Run:
                 write_json(self.path("evals.json"), self.evals)
         barrier()
         if label and name in self.evals:
-            print(f"{label} (n={len(self.evals[name]['correct'])}): " + " | ".join(f"{k} {self.evals[name][k]:.3f}" for k in (
-                "accuracy", "tool_call_rate", "boxed_rate", "truncated_rate")))
+            e = self.evals[name]
+            print(f"{label} (n={len(e['correct'])}): " + " | ".join(
+                f"{k} {e[k]:.3f}" for k in ("accuracy", "tool_call_rate", "boxed_rate",
+                                             "truncated_rate")))
 
 
 def start(cfg, first_phase, first_lr):
@@ -137,7 +139,7 @@ def start(cfg, first_phase, first_lr):
             opt.load_state_dict(state["optimizer"])       # its lr included
         restore_rng(state, cfg.seed)
         if is_main():
-            drop_metrics_after(os.path.join(cfg.out, "metrics.jsonl"), phase, step)
+            logged = drop_metrics_after(os.path.join(cfg.out, "metrics.jsonl"), phase, step)
             print(f"resumed {cfg.out} at {phase} step {step}")
     elif cfg.resume and is_main():
         print(f"not resumed: no checkpoint in {cfg.out}, starting fresh")
@@ -146,13 +148,11 @@ def start(cfg, first_phase, first_lr):
     log = open(os.path.join(cfg.out, "metrics.jsonl"), "a" if resumed else "w") \
         if is_main() else None
     evals_path = os.path.join(cfg.out, "evals.json")
-    evals, seconds = {}, 0.0
+    evals = {}
     if resumed and os.path.exists(evals_path):
         with open(evals_path) as f:
             evals = json.load(f)
-    if resumed and is_main():                       # the training time logged before
-        with open(os.path.join(cfg.out, "metrics.jsonl")) as f:
-            seconds = sum(json.loads(line)["step_time"] for line in f if line.strip())
+    seconds = sum(row["step_time"] for row in logged) if resumed and is_main() else 0.0
     return Run(cfg, tok, model, opt, suite, suite.split("test")[:cfg.eval_n], phase, step, log,
                evals, seconds)
 
@@ -294,9 +294,10 @@ def write_json(path, obj):
 
 def drop_metrics_after(path, phase, step):
     """Keep the metric lines up to the checkpoint (phase, step): a run killed after logging a
-    step but before saving it redoes that step, and logs it once. Rewritten atomically."""
+    step but before saving it redoes that step, and logs it once. Rewritten atomically.
+    Returns the rows kept."""
     if not os.path.exists(path):
-        return
+        return []
     order = {"sft": 0, "grpo": 1}
     with open(path) as f:
         lines = [line for line in f if line.strip()]
@@ -304,11 +305,12 @@ def drop_metrics_after(path, phase, step):
     for line in lines:
         row = json.loads(line) if line.endswith("\n") else None   # a torn last line is dropped
         if row and (order[row["phase"]], row["step"]) <= (order[phase], step):
-            keep.append(line)
+            keep.append((line, row))
     if len(keep) < len(lines):
         with open(path + ".tmp", "w") as f:
-            f.writelines(keep)
+            f.writelines(line for line, _ in keep)
         os.replace(path + ".tmp", path)
+    return [row for _, row in keep]
 
 
 # ----------------------------------------------------------------------------
