@@ -24,8 +24,9 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from distributed import (barrier, full_state, gather, is_main, rank, setup as setup_distributed,
-                         shard, shard_optimizer_state, teardown, unsharded, world)
+from distributed import (all_sum, barrier, full_state, gather, is_main, rank,
+                         setup as setup_distributed, shard, shard_optimizer_state, teardown,
+                         unsharded, world)
 from engine import set_grad_checkpointing
 from evaluate import accuracy, paired_bootstrap_ci, plot_training
 from model import CHECKPOINT_FILE, PRECISIONS, load_model, machine, release_memory
@@ -54,6 +55,7 @@ class Run:
     log: object                 # metrics.jsonl (rank 0), else None
     evals: dict                 # the held-out evaluations done so far
     train_seconds: float = 0.0  # optimizer steps' wall time so far (evaluations not counted)
+    rollouts: int = 0           # rollouts drawn by GRPO so far
 
     def path(self, name):
         return os.path.join(self.cfg.out, name)
@@ -62,11 +64,22 @@ class Run:
         save_checkpoint(self.path(CHECKPOINT_FILE), self.model, self.opt, step, self.cfg, phase)
 
     def log_step(self, m):
-        """One JSON line of metrics (rank 0 only holds the log)."""
-        self.train_seconds += m["step_time"]
+        """One JSON line of metrics (rank 0 only holds the log); a GRPO step's adds the
+        rollouts drawn so far."""
+        self.step, self.train_seconds = m["step"], self.train_seconds + m["step_time"]
+        if m["phase"] == "grpo":
+            self.rollouts += m["sample_batches"] * self.cfg.batch_size * self.cfg.group_size
+            m["rollouts"] = self.rollouts
         if self.log:
             self.log.write(json.dumps(m) + "\n")
             self.log.flush()
+
+    def evaluate_along(self):
+        """The evaluations along GRPO: every eval_every steps, every eval_rollouts rollouts."""
+        if self.cfg.eval_every and self.step % self.cfg.eval_every == 0:
+            self.evaluate(f"grpo_{self.step}", f"after GRPO step {self.step}")
+        if self.cfg.eval_rollouts and self.rollouts % self.cfg.eval_rollouts == 0:
+            self.evaluate(f"rollouts_{self.rollouts}", f"after {self.rollouts} rollouts")
 
     def evaluate(self, name, label, n=None):
         """Greedy accuracy on the (first n) held-out problems, done once: kept in
@@ -81,6 +94,7 @@ class Run:
                 self.evals[name] = accuracy(policy, self.tok, self.suite, self.test_set[:n],
                                             self.cfg)
                 self.evals[name]["train_minutes"] = self.train_seconds / 60   # time-to-accuracy
+                self.evals[name]["rollouts"] = self.rollouts
                 write_json(self.path("evals.json"), self.evals)
         barrier()
         if label and name in self.evals:
@@ -99,6 +113,10 @@ def start(cfg, first_phase, first_lr):
                  f"be multiples of the {world()} processes (each takes whole groups)")
     if cfg.max_sample_batches < 1:
         sys.exit(f"--max-sample-batches {cfg.max_sample_batches}: at least 1 batch a step")
+    per_batch = cfg.batch_size * cfg.group_size
+    if cfg.rollout_budget % per_batch or cfg.eval_rollouts % per_batch:
+        sys.exit(f"--rollout-budget {cfg.rollout_budget} and --eval-rollouts {cfg.eval_rollouts} "
+                 f"must be multiples of a batch's {per_batch} rollouts (batch x group size)")
     if cfg.fsdp and cfg.max_sample_batches > 1:
         sys.exit("--max-sample-batches > 1 does not go with --fsdp: ranks could keep different "
                  "numbers of groups, and every sharded forward is a collective")
@@ -152,9 +170,21 @@ def start(cfg, first_phase, first_lr):
     if resumed and os.path.exists(evals_path):
         with open(evals_path) as f:
             evals = json.load(f)
-    seconds = sum(row["step_time"] for row in logged) if resumed and is_main() else 0.0
+    logged = logged if resumed and is_main() else []
+    seconds = sum(row["step_time"] for row in logged)
+    rollouts = max([row.get("rollouts", 0) for row in logged if row["phase"] == "grpo"] or [0])
     return Run(cfg, tok, model, opt, suite, suite.split("test")[:cfg.eval_n], phase, step, log,
-               evals, seconds)
+               evals, seconds, int(all_sum(rollouts)))
+
+
+def batches_allowed(run):
+    """Batches the next GRPO step may draw: max_sample_batches, fewer where the rollout budget
+    or the next eval_rollouts mark comes first (both multiples of a batch: start checks)."""
+    cfg, per_batch = run.cfg, run.cfg.batch_size * run.cfg.group_size
+    marks = [cfg.rollout_budget] if cfg.rollout_budget else []
+    if cfg.eval_rollouts:
+        marks.append((run.rollouts // cfg.eval_rollouts + 1) * cfg.eval_rollouts)
+    return min([cfg.max_sample_batches] + [(m - run.rollouts) // per_batch for m in marks])
 
 
 def frozen_reference(run):
@@ -190,7 +220,8 @@ def finish(run, sft_steps, rl_steps):
             print(f"{what} ({sft_steps} SFT steps), {where}: "
                   f"{gain(evals['start'], evals['rl_start' if rl_steps else 'end'])}")
         if rl_steps and "rl_start" in evals:
-            print(f"RL phase ({rl_steps} GRPO steps, {cfg.reward} reward), {where}: "
+            print(f"RL phase ({run.step} GRPO steps, {run.rollouts} rollouts, {cfg.reward} "
+                  f"reward), {where}: "
                   f"{gain(evals['rl_start'], evals['end'])}")
     write_json(run.path("result.json"), result)      # replicate.py: the run is done
     plot_training(run.path("metrics.jsonl"), run.path("curves.png"), evals)

@@ -18,13 +18,12 @@ One GRPO step (docs/paper.md, "The method"):
 
 Cold start: the 135M student calls no tool, so every reward is equal and GRPO has no signal;
 the cpu preset warms it up with SFT on the teacher's trajectories (the KL reference is the
-policy after it). Qwen students (gpu preset) start RL directly, as the paper does. The run
-folder is runs.py's; how generation and the loss are made fast, engine.py's.
+policy after it). Qwen students (gpu preset) start RL directly, as the paper does.
 """
 import random
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from tqdm import tqdm
@@ -71,6 +70,8 @@ class Config:
     grad_checkpointing: bool = False  # keep layer inputs only, recompute in backward (memory)
     eval_n: int = 100               # held-out problems for the evaluations (0: skip)
     eval_every: int = 0             # GRPO steps between more of them (0: where RL starts and ends)
+    rollout_budget: int = 0         # >0: GRPO stops at this many rollouts drawn (steps: a cap)
+    eval_rollouts: int = 0          # >0: an evaluation each time this many more are drawn
     save_every: int = 2
     seed: int = 0
     precision: str = "auto"         # matmuls in bf16 where fast (model.compute_dtype) | fp32 | bf16
@@ -82,9 +83,8 @@ class Config:
 
 
 # --preset: cpu (make train) adds dynamic sampling, under which GRPO learned on 2 CPU cores
-# (results/rl-log.md), and 200 held-out problems (a CI of about +-0.08 on a +0.2 gain); gpu
-# suits one GPU and Qwen students (no warm start; fits 24 GB for Qwen2.5-0.5B by experiments/
-# memory.py). Default: gpu where CUDA is, else cpu; flags win over either.
+# (results/rl-log.md), and 200 held-out problems (a CI of about +-0.08 on a +0.2 gain); gpu: one
+# GPU, Qwen students, no warm start (24 GB for Qwen2.5-0.5B: experiments/memory.py).
 PRESETS = {"cpu": dict(max_sample_batches=4, eval_n=200, eval_every=5),
            "gpu": dict(warmup_sft_steps=0, steps=200, batch_size=16, group_size=8, lr=1e-6,
                        max_new_tokens=512, max_total_tokens=1536, micro_batch=16,
@@ -191,12 +191,11 @@ def sft_step(model, opt, tok, trajs, cfg):
 
 
 def sample_groups(policy, tok, suite, problems, cfg, draw):
-    """Roll out group_size samples of each question and score them -> (the rollouts the loss
-    trains on, their (B, G) rewards, every rollout sampled, its (reward, parts), and the (B, G)
-    rewards of each batch drawn). Dynamic sampling (DAPO), max_sample_batches > 1: a flat group
-    teaches nothing, yet AdamW's step is full-size even when one group has signal; so while
-    fewer than batch_size groups have signal, draw() another batch, up to max_sample_batches,
-    and train on the first batch_size groups with signal."""
+    """Roll out and score group_size samples of each question -> (the rollouts to train on,
+    their (B, G) rewards, every rollout sampled, its (reward, parts), each batch's rewards).
+    Dynamic sampling (DAPO), max_sample_batches > 1: a flat group teaches nothing, yet AdamW's
+    step is full-size even when one group has signal; so while fewer than batch_size groups
+    have signal, draw() another batch (up to the cap) and train on the first batch_size."""
     G, share = cfg.group_size, cfg.batch_size // world()
     sampled, scores, batches, keep, keep_rewards = [], [], [], [], []
     while True:
@@ -224,7 +223,7 @@ def grpo_step(model, ref_model, opt, tok, suite, problems, cfg, draw=None):
     """Rollouts, rewards, advantages and ppo_epochs optimizer steps -> metrics (over every
     rollout sampled). Under torchrun each rank takes whole groups: its share of `problems`."""
     if cfg.max_sample_batches > 1 and draw is None:
-        raise ValueError("max_sample_batches > 1 needs draw(), the source of further batches")
+        raise ValueError("max_sample_batches > 1 needs draw(), the source of more batches")
     t0 = time.time()
     model.eval()
     policy = rollout_weights(unsharded(model), compute_dtype(model.device, cfg.precision))
@@ -245,12 +244,8 @@ def grpo_step(model, ref_model, opt, tok, suite, problems, cfg, draw=None):
 def policy_update(model, ref_model, opt, pad_id, seqs, adv, cfg):
     """ppo_epochs optimizer steps on rollouts [(prompt_ids, ids, mask, sampler_logp)] with
     advantages (N,); sampler_kl: k3 of KL(sampler || pi_old), the sampler-trainer mismatch.
-
-    Rows of a flat group have advantage exactly 0, so no policy gradient: they are left out of
-    the loss (their only term would be the KL penalty), as DAPO drops them; the loss is the
-    token mean over the rows left on every rank, and with none anywhere there is no step.
-    Under --fsdp all rows stay (every rank must run as many passes: each is a collective).
-    """
+    A flat group's rows (advantage exactly 0: only a KL term) are left out, as DAPO drops them;
+    the loss: the token mean over the rest on all ranks (none: no step); --fsdp keeps them all."""
     keep = range(len(seqs)) if is_sharded(model) else (adv != 0).nonzero().flatten().tolist()
     seqs, adv = [seqs[i] for i in keep], adv[keep]
     out = {"trained_rows": all_sum(len(seqs)), "loss": 0.0, "kl": 0.0, "clip_frac": 0.0,
@@ -304,7 +299,8 @@ def run_sft(run, cfg, steps):
 
 
 def run_grpo(run, cfg):
-    """GRPO steps run.step..cfg.steps against a frozen reference: the policy RL starts from."""
+    """GRPO steps run.step..cfg.steps (or to rollout_budget rollouts drawn; no step draws past
+    it or past an eval_rollouts mark) against a frozen reference: the policy RL starts from."""
     ref_model = runs.frozen_reference(run) if cfg.kl_coef > 0 else None
     train_set = run.suite.split("train")
 
@@ -312,16 +308,20 @@ def run_grpo(run, cfg):
         return random.sample(train_set, cfg.batch_size)
     bar = tqdm(range(run.step, cfg.steps), desc=f"grpo/{cfg.reward}", disable=not is_main())
     for step in bar:
+        if 0 < cfg.rollout_budget <= run.rollouts:
+            break
         t0 = time.time()
-        m = grpo_step(run.model, ref_model, run.opt, run.tok, run.suite, draw(), cfg, draw)
+        step_cfg = replace(cfg, max_sample_batches=runs.batches_allowed(run))
+        m = grpo_step(run.model, ref_model, run.opt, run.tok, run.suite, draw(), step_cfg, draw)
         m = {"phase": "grpo", "step": step + 1, **m, "step_time": time.time() - t0}
         run.log_step(m)
         bar.set_postfix(reward=f"{m['reward_mean']:.3f}", acc=f"{m['accuracy']:.2f}",
                         tools=f"{m['tool_call_rate']:.2f}", s=f"{m['step_time']:.0f}")
-        if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps:
+        last = step + 1 == cfg.steps or 0 < cfg.rollout_budget <= run.rollouts
+        if (step + 1) % cfg.save_every == 0 or last:
             run.save(step + 1, "grpo")
-        if cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < cfg.steps:
-            run.evaluate(f"grpo_{step + 1}", f"after GRPO step {step + 1}")
+        if not last:                          # the end's evaluation is train()'s
+            run.evaluate_along()
 
 
 def train(cfg):

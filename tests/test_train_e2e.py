@@ -100,6 +100,27 @@ def test_dynamic_sampling_draws_until_enough_groups_have_signal(math_suite, monk
                         Config(max_sample_batches=2))
 
 
+def test_rollout_budget_stops_grpo_and_evaluations_fall_on_exact_budgets(tmp_path, monkeypatch):
+    """--rollout-budget 10 with --eval-rollouts 4, 2 rollouts a batch, up to 4 batches a step,
+    every group flat (so every step draws all it may): a step stops at the next mark, giving
+    4, 8, then 10 rollouts (2, 2, 1 batches); evaluations at 4 and 8, the end at 10; a resumed
+    finished run draws nothing more."""
+    monkeypatch.setattr(train, "compute_reward", lambda *a: (0.0, {}))
+    out = str(tmp_path / "budget")
+    cfg = dict(TINY, warmup_sft_steps=0, steps=100, max_sample_batches=4, rollout_budget=10,
+               eval_rollouts=4, save_every=100, out=out)
+    result = train.train(Config(**cfg))
+    rows = metrics(out)
+    assert [(r["step"], r["sample_batches"], r["rollouts"]) for r in rows] == \
+        [(1, 2, 4), (2, 2, 8), (3, 1, 10)]
+    assert {k: result[k]["rollouts"] for k in result if k != "eval_problems"} == \
+        {"rl_start": 0, "rollouts_4": 4, "rollouts_8": 8, "end": 10}
+    resumed = train.train(Config(**cfg, resume=True))
+    assert len(metrics(out)) == 3 and resumed["end"] == result["end"]
+    with pytest.raises(SystemExit):                 # not a multiple of a batch's rollouts
+        train.train(Config(**dict(cfg, rollout_budget=9, out=str(tmp_path / "odd"))))
+
+
 def test_sft_baseline_lowers_its_loss(tmp_path):
     """method sft end to end: two steps of two trajectories (the first step's loss is about
     1.1-1.3 on the base model, the second about 0.5), one checkpoint, the evaluations."""

@@ -1,0 +1,199 @@
+"""Where the paper says the dense reward matters: MENTOR against the sparse reward at equal
+rollout budgets, from a weak and from an ordinary warm start, on several seeds.
+
+    python experiments/mechanism.py --cell weak --seeds 0 1 2     # plain GRPO, weak warm start
+    python experiments/mechanism.py --cell budget --seeds 0 1 2   # dynamic sampling, make train's
+    python experiments/mechanism.py --report                      # REPORT tables and figure only
+
+Per cell and seed: one warm start (train.py --method sft, the cell's SFT steps), then GRPO from
+it with each reward (train.py --init), stopped once BUDGET rollouts are drawn (not a number of
+optimizer steps: dynamic sampling pays for a flat group with more rollouts, and counting steps
+hid that) and evaluated greedily on the same EVAL_N held-out math problems every EVAL_ROLLOUTS
+rollouts. The two rewards of a seed share the warm start, the question order and the problems
+evaluated, so their difference is paired by problem and by seed.
+
+  weak    a warm start of WEAK_SFT_STEPS SFT steps, short enough that most sparse groups are
+          flat; plain GRPO (one batch a step, a flat group gets advantage 0): the regime the
+          paper's reward is for, where the sparse reward starves
+  budget  make train's warm start (18 SFT steps) and its dynamic sampling (up to 4 batches a
+          step): the setting of results/make-train-fast, compared at equal rollouts drawn
+
+Runs (checkpoints) go under runs/mechanism/, what is worth keeping (evals, metrics, settings)
+under results/mechanism/CELL/ as each run finishes; a run whose results are there is not
+trained again, an unfinished one resumes from its checkpoint (train.py --resume). A warm start
+retrained in another session must give the same SFT losses as the recorded one before a run
+is paired with one trained from the recorded one (on another kind of CPU it does not).
+"""
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from evaluate import paired_bootstrap_ci  # noqa: E402
+
+REWARDS = ("mentor", "sparse")
+BUDGET = 512                 # rollouts drawn by each GRPO run
+EVAL_ROLLOUTS = 128          # an evaluation every this many
+EVAL_N = 200                 # held-out math problems (the first 200 of the test split)
+WEAK_SFT_STEPS = 4           # by measured accuracy (results/mechanism/REPORT.md): 0.080
+CELLS = {"weak": dict(sft_steps=WEAK_SFT_STEPS, max_sample_batches=1),
+         "budget": dict(sft_steps=18, max_sample_batches=4)}
+RUNS, RESULTS = "runs/mechanism", "results/mechanism"
+KEPT = ("evals.json", "metrics.jsonl", "run.json")
+
+
+def train_py(*args):
+    cmd = [sys.executable, os.path.join(ROOT, "train.py"), "--preset", "cpu", "--resume",
+           "--eval-n", str(EVAL_N), *map(str, args)]
+    print("$", " ".join(cmd[1:]), flush=True)
+    subprocess.run(cmd, check=True, cwd=ROOT)
+
+
+def kept(cell, seed, name):
+    """results/mechanism/CELL/sSEED-NAME/: the run's files once it finished."""
+    return os.path.join(ROOT, RESULTS, cell, f"s{seed}-{name}")
+
+
+def sft_losses(folder):
+    with open(os.path.join(folder, "metrics.jsonl")) as f:
+        return [json.loads(line)["sft_loss"] for line in f if line.strip()]
+
+
+def finish(cell, seed, name, out):
+    """Copy a finished run's evals, metrics and settings into results/."""
+    os.makedirs(kept(cell, seed, name), exist_ok=True)
+    for f in KEPT:
+        shutil.copy(os.path.join(out, f), os.path.join(kept(cell, seed, name), f))
+
+
+def run_seed(cell, seed, rewards):
+    c, base = CELLS[cell], os.path.join(ROOT, RUNS, cell, f"s{seed}")
+    todo = [r for r in rewards if not os.path.exists(kept(cell, seed, r))]
+    warm = os.path.join(base, "warm")
+    if todo and not os.path.exists(os.path.join(warm, "result.json")):
+        train_py("--method", "sft", "--steps", c["sft_steps"], "--seed", seed, "--out", warm)
+    if os.path.exists(kept(cell, seed, "warm")):      # recorded: the same model, or nothing
+        if sft_losses(kept(cell, seed, "warm")) != sft_losses(warm):
+            sys.exit(f"{cell} seed {seed}: the warm start retrained here gives other SFT losses "
+                     f"than the recorded one (another kind of CPU?); its runs would not pair")
+    else:
+        finish(cell, seed, "warm", warm)
+    for reward in todo:
+        out = os.path.join(base, reward)
+        train_py("--init", warm, "--warmup-sft-steps", 0, "--steps", 1000, "--reward", reward,
+                 "--max-sample-batches", c["max_sample_batches"], "--rollout-budget", BUDGET,
+                 "--eval-rollouts", EVAL_ROLLOUTS, "--eval-every", 0, "--save-every", 4,
+                 "--seed", seed, "--out", out)
+        finish(cell, seed, reward, out)
+
+
+# ----------------------------------------------------------------------------
+# The report: accuracy at each budget, paired CIs, groups with signal
+
+def load(cell):
+    """{seed: {name: (evals, metric rows)}} of the runs kept for a cell."""
+    root, out = os.path.join(ROOT, RESULTS, cell), {}
+    for d in sorted(os.listdir(root)) if os.path.isdir(root) else []:
+        seed, name = d[1:].split("-", 1)
+        with open(os.path.join(root, d, "evals.json")) as f:
+            evals = json.load(f)
+        with open(os.path.join(root, d, "metrics.jsonl")) as f:
+            rows = [json.loads(line) for line in f if line.strip()]
+        out.setdefault(int(seed), {})[name] = (evals, rows)
+    return out
+
+
+def at_budget(evals, b):
+    """The evaluation made after b rollouts (rl_start at 0, the end at BUDGET)."""
+    return next((e for e in evals.values() if isinstance(e, dict) and e.get("rollouts") == b
+                 and "correct" in e), None)
+
+
+def report(cell):
+    data = load(cell)
+    seeds = sorted(s for s in data if all(r in data[s] for r in REWARDS))
+    if not seeds:
+        return None
+    budgets = list(range(0, BUDGET + 1, EVAL_ROLLOUTS))
+    lines = [f"### {cell}: MENTOR vs sparse, {len(seeds)} seeds ({', '.join(map(str, seeds))}), "
+             f"n={EVAL_N} held-out math problems each",
+             "", "warm start (" + ", ".join(f"seed {s}: {data[s]['warm'][0]['end']['accuracy']:.3f}"
+                                            for s in seeds if 'warm' in data[s]) + ")", "",
+             "| rollouts drawn | MENTOR | sparse | MENTOR - sparse, 95% CI (paired by seed and "
+             "problem) |", "|---|---|---|---|"]
+    curves = {r: [] for r in REWARDS}
+    for b in budgets:
+        got = {r: [at_budget(data[s][r][0], b) for s in seeds] for r in REWARDS}
+        if any(e is None for r in REWARDS for e in got[r]):
+            continue
+        acc = {r: [e["accuracy"] for e in got[r]] for r in REWARDS}
+        d, lo, hi = paired_bootstrap_ci([e["correct"] for e in got["mentor"]],
+                                        [e["correct"] for e in got["sparse"]])
+        lines.append(f"| {b} | {np.mean(acc['mentor']):.3f} +- {np.std(acc['mentor']):.3f} | "
+                     f"{np.mean(acc['sparse']):.3f} +- {np.std(acc['sparse']):.3f} | "
+                     f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}] |")
+        for r in REWARDS:
+            curves[r].append((b, acc[r], [e.get("train_minutes", 0) for e in got[r]]))
+    lines += ["", "mean +- std over seeds. Groups with signal per GRPO step (mean over steps and "
+              "seeds), optimizer steps taken, minutes of training to the budget:", "",
+              "| reward | groups with signal | rows trained a step | steps | train minutes |",
+              "|---|---|---|---|---|"]
+    for r in REWARDS:
+        rows = [row for s in seeds for row in data[s][r][1] if row["phase"] == "grpo"]
+        steps = [sum(row["phase"] == "grpo" for row in data[s][r][1]) for s in seeds]
+        minutes = [sum(row["step_time"] for row in data[s][r][1]) / 60 for s in seeds]
+        lines.append(f"| {r} | {np.mean([x['groups_with_signal'] for x in rows]):.2f} | "
+                     f"{np.mean([x['trained_rows'] for x in rows]):.1f} | "
+                     f"{np.mean(steps):.1f} | {np.mean(minutes):.1f} |")
+    return "\n".join(lines), curves, data, seeds
+
+
+def plot(results, path):
+    """Accuracy against rollouts drawn and against minutes of training, per cell and reward:
+    the mean over seeds, each seed thin."""
+    fig, axes = plt.subplots(2, len(results), figsize=(5 * len(results), 7), squeeze=False)
+    for j, (cell, (_, curves, data, seeds)) in enumerate(results.items()):
+        for r, colour in zip(REWARDS, ("C0", "C3")):
+            b = [x for x, _, _ in curves[r]]
+            acc = np.array([a for _, a, _ in curves[r]])                # (budgets, seeds)
+            minutes = np.array([m for _, _, m in curves[r]])
+            axes[0, j].plot(b, acc.mean(1), "o-", color=colour, label=r)
+            axes[0, j].plot(b, acc, color=colour, alpha=0.25, lw=0.8)
+            axes[1, j].plot(minutes.mean(1), acc.mean(1), "o-", color=colour, label=r)
+        axes[0, j].set(title=f"{cell} ({len(seeds)} seeds, n={EVAL_N})",
+                       xlabel="rollouts drawn", ylabel="held-out math accuracy (greedy)")
+        axes[1, j].set(xlabel="minutes of training (mean over seeds)",
+                       ylabel="held-out math accuracy")
+        axes[0, j].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--cell", choices=list(CELLS), action="append", default=[])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--rewards", nargs="+", choices=REWARDS, default=list(REWARDS))
+    ap.add_argument("--report", action="store_true", help="tables and figure only")
+    args = ap.parse_args()
+    for cell in [] if args.report else args.cell:
+        for seed in args.seeds:
+            run_seed(cell, seed, args.rewards)
+    results = {c: r for c in CELLS if (r := report(c))}
+    if results:
+        with open(os.path.join(ROOT, RESULTS, "tables.md"), "w") as f:
+            f.write("\n\n".join(t for t, _, _, _ in results.values()) + "\n")
+        plot(results, os.path.join(ROOT, RESULTS, "accuracy_vs_rollouts.png"))
+        print(open(os.path.join(ROOT, RESULTS, "tables.md")).read())
+
+
+if __name__ == "__main__":
+    main()
