@@ -168,7 +168,8 @@ def accuracy(model, tok, suite, problems, cfg, batch_size=100):
     policy = rollout_weights(model, compute_dtype(model.device, cfg.precision))
     rs = greedy_rollouts(policy, tok, suite, problems, batch_size, max_turns=cfg.max_turns,
                          max_new_tokens=cfg.max_new_tokens, max_total_tokens=cfg.max_total_tokens)
-    return {**rollout_metrics(rs, suite), "correct": [int(suite.is_correct(r)) for r in rs]}
+    return {**rollout_metrics(rs, suite), "correct": [int(suite.is_correct(r)) for r in rs],
+            "per_problem": tool_use_per_problem(rs, suite)}             # for paired CIs
 
 
 def evaluate_suite(model, tok, name, limit=None, batch_size=16, temperature=0.0, max_turns=5,

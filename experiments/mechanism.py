@@ -142,6 +142,15 @@ def report(cell):
                      f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}] |")
         for r in REWARDS:
             curves[r].append((b, acc[r], [e.get("train_minutes", 0) for e in got[r]]))
+    ends = {r: [at_budget(data[s][r][0], BUDGET) for s in seeds] for r in REWARDS}
+    if all(e and "per_problem" in e for r in REWARDS for e in ends[r]):   # recorded since 0cbc7b8
+        lines += ["", f"Tool use at {BUDGET} rollouts, MENTOR - sparse (95% CI, paired):", ""]
+        for k in ("tool_set_match", "hallucinated_tool_rate"):
+            d, lo, hi = paired_bootstrap_ci(*[[e["per_problem"][k] for e in ends[r]]
+                                              for r in REWARDS])
+            lines.append(f"* {k}: MENTOR {np.mean([e[k] for e in ends['mentor']]):.3f}, sparse "
+                         f"{np.mean([e[k] for e in ends['sparse']]):.3f}: "
+                         f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}]")
     lines += ["", "mean +- std over seeds. Groups with signal per GRPO step (mean over steps and "
               "seeds), optimizer steps taken, minutes of training to the budget:", "",
               "| reward | groups with signal | rows trained a step | steps | train minutes |",
