@@ -143,8 +143,12 @@ def report(cell):
         for r in REWARDS:
             curves[r].append((b, acc[r], [e.get("train_minutes", 0) for e in got[r]]))
     ends = {r: [at_budget(data[s][r][0], BUDGET) for s in seeds] for r in REWARDS}
-    if all(e and "per_problem" in e for r in REWARDS for e in ends[r]):   # recorded since 0cbc7b8
-        lines += ["", f"Tool use at {BUDGET} rollouts, MENTOR - sparse (95% CI, paired):", ""]
+    tooled = [i for i in range(len(seeds))          # per-problem tool use: recorded since 5ca98d0
+              if all(ends[r][i] and "per_problem" in ends[r][i] for r in REWARDS)]
+    ends = {r: [ends[r][i] for i in tooled] for r in REWARDS}
+    if tooled:
+        lines += ["", f"Tool use at {BUDGET} rollouts, MENTOR - sparse (95% CI, paired; seeds "
+                  f"{', '.join(str(seeds[i]) for i in tooled)}):", ""]
         for k in ("tool_set_match", "hallucinated_tool_rate"):
             d, lo, hi = paired_bootstrap_ci(*[[e["per_problem"][k] for e in ends[r]]
                                               for r in REWARDS])
