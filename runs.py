@@ -63,12 +63,17 @@ class Run:
     def save(self, step, phase):
         save_checkpoint(self.path(CHECKPOINT_FILE), self.model, self.opt, step, self.cfg, phase)
 
+    @property
+    def batch_rollouts(self):
+        """Rollouts in one batch of questions: batch_size x group_size."""
+        return self.cfg.batch_size * self.cfg.group_size
+
     def log_step(self, m):
         """One JSON line of metrics (rank 0 only holds the log); a GRPO step's adds the
         rollouts drawn so far."""
         self.step, self.train_seconds = m["step"], self.train_seconds + m["step_time"]
         if m["phase"] == "grpo":
-            self.rollouts += m["sample_batches"] * self.cfg.batch_size * self.cfg.group_size
+            self.rollouts += m["sample_batches"] * self.batch_rollouts
             m["rollouts"] = self.rollouts
         if self.log:
             self.log.write(json.dumps(m) + "\n")
@@ -141,7 +146,7 @@ def start(cfg, first_phase, first_lr):
         write_json(os.path.join(cfg.out, "run.json"),
                    {"student": cfg.student, **asdict(cfg), "world_size": world(),
                     "machine": machine(model.device, cfg.precision)})
-    step, phase = 0, first_phase
+    step, phase, logged = 0, first_phase, []        # logged: metric rows kept on resume
     resumed = cfg.resume and os.path.exists(ckpt_path)
     if resumed:
         state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
@@ -170,21 +175,21 @@ def start(cfg, first_phase, first_lr):
     if resumed and os.path.exists(evals_path):
         with open(evals_path) as f:
             evals = json.load(f)
-    logged = logged if resumed and is_main() else []
-    seconds = sum(row["step_time"] for row in logged)
-    rollouts = max([row.get("rollouts", 0) for row in logged if row["phase"] == "grpo"] or [0])
+    seconds = sum(row["step_time"] for row in logged)             # rank 0's; the others 0
+    batches = sum(row.get("sample_batches", 1) for row in logged if row["phase"] == "grpo")
     return Run(cfg, tok, model, opt, suite, suite.split("test")[:cfg.eval_n], phase, step, log,
-               evals, seconds, int(all_sum(rollouts)))
+               evals, seconds, int(all_sum(batches)) * cfg.batch_size * cfg.group_size)
 
 
 def batches_allowed(run):
     """Batches the next GRPO step may draw: max_sample_batches, fewer where the rollout budget
     or the next eval_rollouts mark comes first (both multiples of a batch: start checks)."""
-    cfg, per_batch = run.cfg, run.cfg.batch_size * run.cfg.group_size
+    cfg = run.cfg
     marks = [cfg.rollout_budget] if cfg.rollout_budget else []
     if cfg.eval_rollouts:
         marks.append((run.rollouts // cfg.eval_rollouts + 1) * cfg.eval_rollouts)
-    return min([cfg.max_sample_batches] + [(m - run.rollouts) // per_batch for m in marks])
+    return min([cfg.max_sample_batches] + [(m - run.rollouts) // run.batch_rollouts
+                                           for m in marks])
 
 
 def frozen_reference(run):

@@ -38,6 +38,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from evaluate import paired_bootstrap_ci  # noqa: E402
+from experiments.replicate import sft_losses  # noqa: E402
 
 REWARDS = ("mentor", "sparse")
 BUDGET = 512                 # rollouts drawn by each GRPO run
@@ -62,11 +63,6 @@ def kept(cell, seed, name):
     return os.path.join(ROOT, RESULTS, cell, f"s{seed}-{name}")
 
 
-def sft_losses(folder):
-    with open(os.path.join(folder, "metrics.jsonl")) as f:
-        return [json.loads(line)["sft_loss"] for line in f if line.strip()]
-
-
 def finish(cell, seed, name, out):
     """Copy a finished run's evals, metrics and settings into results/."""
     os.makedirs(kept(cell, seed, name), exist_ok=True)
@@ -77,11 +73,14 @@ def finish(cell, seed, name, out):
 def run_seed(cell, seed, rewards):
     c, base = CELLS[cell], os.path.join(ROOT, RUNS, cell, f"s{seed}")
     todo = [r for r in rewards if not os.path.exists(kept(cell, seed, r))]
+    if not todo:                                      # every run kept: no warm start needed
+        return
     warm = os.path.join(base, "warm")
-    if todo and not os.path.exists(os.path.join(warm, "result.json")):
+    if not os.path.exists(os.path.join(warm, "result.json")):
         train_py("--method", "sft", "--steps", c["sft_steps"], "--seed", seed, "--out", warm)
     if os.path.exists(kept(cell, seed, "warm")):      # recorded: the same model, or nothing
-        if sft_losses(kept(cell, seed, "warm")) != sft_losses(warm):
+        if sft_losses(os.path.join(kept(cell, seed, "warm"), "metrics.jsonl")) != \
+                sft_losses(os.path.join(warm, "metrics.jsonl")):
             sys.exit(f"{cell} seed {seed}: the warm start retrained here gives other SFT losses "
                      f"than the recorded one (another kind of CPU?); its runs would not pair")
     else:
