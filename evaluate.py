@@ -44,15 +44,19 @@ from tasks import load_suite
 
 def jsd(p, q):
     """Jensen-Shannon divergence (base 2) of two {name: weight} distributions (normalised here)."""
-    keys = set(p) | set(q)
-    sp, sq = sum(p.values()) or 1, sum(q.values()) or 1
-    P = np.array([p.get(k, 0) / sp for k in keys])
-    Q = np.array([q.get(k, 0) / sq for k in keys])
+    keys = sorted(set(p) | set(q))
+    return float(jsd_rows(np.array([p.get(k, 0) for k in keys], float),
+                          np.array([q.get(k, 0) for k in keys], float)))
+
+
+def jsd_rows(P, Q):
+    """(..., K) weights -> (...) Jensen-Shannon divergences (base 2), row by row (normalised)."""
+    P = P / np.maximum(P.sum(-1, keepdims=True), 1e-12)
+    Q = Q / np.maximum(Q.sum(-1, keepdims=True), 1e-12)
     M = (P + Q) / 2
 
-    def kl(a, b):
-        nz = a > 0
-        return float(np.sum(a[nz] * np.log2(a[nz] / b[nz])))
+    def kl(a, b):                                   # 0 log 0 = 0; b > 0 wherever a > 0
+        return (a * np.log2(np.divide(a, b, out=np.ones_like(a), where=a > 0))).sum(-1)
     return (kl(P, M) + kl(Q, M)) / 2
 
 
@@ -73,6 +77,41 @@ def paired_bootstrap_ci(a, b, n_boot=10_000, level=0.95, seed=0):
     means = np.array([d[s][:, p].mean() for s, p in zip(seeds, probs)])
     alpha = (1 - level) / 2
     return float(d.mean()), float(np.quantile(means, alpha)), float(np.quantile(means, 1 - alpha))
+
+
+def paired_bootstrap_jsd(a, b, teacher, n_boot=2000, level=0.95, seed=0):
+    """Tool-JSD of model a minus that of model b, and its percentile-bootstrap CI.
+
+    a, b, teacher: (S, n) tool sets (lists of names): seed s's n problems, the same problems
+    for both models, and the teacher's sets on them. Tool-JSD (tool_distribution, jsd) is a
+    property of a set of problems, not of one, so each replicate resamples seeds and problems
+    as paired_bootstrap_ci does and recomputes both divergences on the resample.
+    Returns (mean over seeds of JSD_a - JSD_b, low, high).
+    """
+    names = sorted({t for x in (a, b, teacher) for row in x for s in row for t in s or ["<none>"]})
+    col = {t: k for k, t in enumerate(names)}
+
+    def counts(x):                                  # (S, n, K): 1 where a problem's set has t
+        out = np.zeros((len(x), len(x[0]), len(names)))
+        for s, row in enumerate(x):
+            for i, tools in enumerate(row):
+                out[s, i, [col[t] for t in tools or ["<none>"]]] = 1
+        return out
+    A, B, T = counts(a), counts(b), counts(teacher)
+    S, n, _ = A.shape
+
+    def diff(w, rows):               # w (R, n) problem weights, rows (R, S) seeds -> (R,)
+        def div(X):
+            return jsd_rows(np.einsum("rn,rsnk->rsk", w, X[rows]),
+                            np.einsum("rn,rsnk->rsk", w, T[rows]))
+        return (div(A) - div(B)).mean(-1)
+    rng = np.random.default_rng(seed)
+    rows = rng.integers(0, S, size=(n_boot, S))
+    w = np.stack([np.bincount(p, minlength=n) for p in rng.integers(0, n, size=(n_boot, n))])
+    means = diff(w, rows)
+    alpha = (1 - level) / 2
+    point = float(diff(np.ones((1, n)), np.arange(S)[None])[0])
+    return point, float(np.quantile(means, alpha)), float(np.quantile(means, 1 - alpha))
 
 
 def tool_distribution(tool_sets):
@@ -188,7 +227,10 @@ def evaluate_suite(model, tok, name, limit=None, batch_size=16, temperature=0.0,
     out = {"n": len(rollouts), "split": "test" if name in trained_on else "all",
            **rollout_metrics(rollouts, suite),
            "correct": [int(c) for c in correct],                  # per problem, for paired CIs
-           "per_problem": tool_use_per_problem(rollouts, suite),  # the same, for tool use
+           "per_problem": {**tool_use_per_problem(rollouts, suite),       # the same, for
+                           "tools": [sorted(u) for u in used],            # tool use (and the
+                           "teacher_tools": [sorted(r.problem["teacher_tools"])  # JSD's CI)
+                                             for r in rollouts]},
            "tool_jsd": jsd(tool_distribution(used), tool_distribution(
                [set(r.problem["teacher_tools"]) for r in rollouts]))}
     if all("category" in r.problem for r in rollouts):

@@ -3,6 +3,7 @@ rollout budgets, from a weak and from an ordinary warm start, on several seeds.
 
     python experiments/mechanism.py --cell weak --seeds 0 1 2     # plain GRPO, weak warm start
     python experiments/mechanism.py --cell budget --seeds 0 1 2   # dynamic sampling, make train's
+    python experiments/mechanism.py --cell weak --seeds 0 1 2 --baselines   # + SFT, tool use
     python experiments/mechanism.py --report                      # REPORT tables and figure only
 
 Per cell and seed: one warm start (train.py --method sft, the cell's SFT steps), then GRPO from
@@ -17,6 +18,12 @@ evaluated, so their difference is paired by problem and by seed.
           paper's reward is for, where the sparse reward starves
   budget  make train's warm start (18 SFT steps) and its dynamic sampling (up to 4 batches a
           step): the setting of results/make-train-fast, compared at equal rollouts drawn
+
+--baselines adds the SFT baselines from the same warm start, as many optimizer steps as plain
+GRPO takes to the budget (SFT_STEPS): sft at SFT's learning rate and sft-slow at RL's, and
+evaluates the tool use of all four (MENTOR, sparse, sft, sft-slow) greedily in domain (math)
+and out of domain (TOOL_SUITES), keeping each problem's tool set, for paired CIs of tool-set
+match and tool-JSD.
 
 Runs (checkpoints) go under runs/mechanism/, what is worth keeping (evals, metrics, settings)
 under results/mechanism/CELL/ as each run finishes; a run whose results are there is not
@@ -37,8 +44,10 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from evaluate import paired_bootstrap_ci  # noqa: E402
+from evaluate import evaluate_model, paired_bootstrap_ci, paired_bootstrap_jsd  # noqa: E402
 from experiments.replicate import sft_losses  # noqa: E402
+from runs import write_json  # noqa: E402
+from train import Config  # noqa: E402
 
 REWARDS = ("mentor", "sparse")
 BUDGET = 512                 # rollouts drawn by each GRPO run
@@ -47,6 +56,11 @@ EVAL_N = 200                 # held-out math problems (the first 200 of the test
 WEAK_SFT_STEPS = 4           # by measured accuracy (results/mechanism/REPORT.md): 0.080
 CELLS = {"weak": dict(sft_steps=WEAK_SFT_STEPS, max_sample_batches=1),
          "budget": dict(sft_steps=18, max_sample_batches=4)}
+SFT_STEPS = BUDGET // (Config.batch_size * Config.group_size)   # plain GRPO's steps: 16
+BASELINES = {"sft": (), "sft-slow": ("--sft-lr", Config.lr)}       # SFT's lr, and RL's
+ARMS = REWARDS + tuple(BASELINES)
+TOOL_SUITES = {"math": EVAL_N, "retrieval": 100, "bfcl": 100, "shop": 100, "dates": 100,
+               "lookup": 100}                                     # problems: the first ones
 RUNS, RESULTS = "runs/mechanism", "results/mechanism"
 KEPT = ("evals.json", "metrics.jsonl", "run.json")
 
@@ -70,9 +84,9 @@ def finish(cell, seed, name, out):
         shutil.copy(os.path.join(out, f), os.path.join(kept(cell, seed, name), f))
 
 
-def run_seed(cell, seed, rewards):
+def run_seed(cell, seed, names):
     c, base = CELLS[cell], os.path.join(ROOT, RUNS, cell, f"s{seed}")
-    todo = [r for r in rewards if not os.path.exists(kept(cell, seed, r))]
+    todo = [r for r in names if not os.path.exists(kept(cell, seed, r))]
     if not todo:                                      # every run kept: no warm start needed
         return
     warm = os.path.join(base, "warm")
@@ -85,13 +99,31 @@ def run_seed(cell, seed, rewards):
                      f"than the recorded one (another kind of CPU?); its runs would not pair")
     else:
         finish(cell, seed, "warm", warm)
-    for reward in todo:
-        out = os.path.join(base, reward)
-        train_py("--init", warm, "--warmup-sft-steps", 0, "--steps", 1000, "--reward", reward,
-                 "--max-sample-batches", c["max_sample_batches"], "--rollout-budget", BUDGET,
-                 "--eval-rollouts", EVAL_ROLLOUTS, "--eval-every", 0, "--save-every", 4,
-                 "--seed", seed, "--out", out)
-        finish(cell, seed, reward, out)
+    for name in todo:
+        out = os.path.join(base, name)
+        if name in BASELINES:
+            train_py("--init", warm, "--method", "sft", "--steps", SFT_STEPS, *BASELINES[name],
+                     "--eval-every", 0, "--save-every", SFT_STEPS, "--seed", seed, "--out", out)
+        else:
+            train_py("--init", warm, "--warmup-sft-steps", 0, "--steps", 1000, "--reward", name,
+                     "--max-sample-batches", c["max_sample_batches"], "--rollout-budget", BUDGET,
+                     "--eval-rollouts", EVAL_ROLLOUTS, "--eval-every", 0, "--save-every", 4,
+                     "--seed", seed, "--out", out)
+        finish(cell, seed, name, out)
+
+
+def tool_use(cell, seed, name):
+    """Greedy evaluation of a finished run on TOOL_SUITES, each problem's tool set kept:
+    results/mechanism/CELL/sSEED-NAME/tool_use.json, saved suite by suite (resumes)."""
+    path = os.path.join(kept(cell, seed, name), "tool_use.json")
+    done = json.load(open(path)) if os.path.exists(path) else {}
+    todo = [s for s in TOOL_SUITES if s not in done]
+    run = os.path.join(ROOT, RUNS, cell, f"s{seed}", name)
+    if todo and not os.path.exists(os.path.join(run, "checkpoint.pt")):
+        print(f"{cell} seed {seed} {name}: no checkpoint in {run}, tool use not evaluated")
+    elif todo:
+        evaluate_model(run, todo, limit=TOOL_SUITES, batch_size=100,
+                       on_suite=lambda res: write_json(path, {**done, **res}))
 
 
 # ----------------------------------------------------------------------------
@@ -168,6 +200,45 @@ def report(cell):
     return "\n".join(lines), curves, data, seeds
 
 
+def tool_use_report(cell):
+    """Tool use of MENTOR against every other arm, per suite: mean over seeds of accuracy,
+    tool-set match and tool-JSD, and MENTOR - arm with paired 95% CIs."""
+    data, root = {}, os.path.join(ROOT, RESULTS, cell)
+    for seed in sorted({int(d[1:].split("-")[0]) for d in os.listdir(root)}):
+        got = {a: os.path.join(kept(cell, seed, a), "tool_use.json") for a in ARMS}
+        if all(os.path.exists(f) for f in got.values()):
+            got = {a: json.load(open(f)) for a, f in got.items()}
+            if all(s in got[a] for a in ARMS for s in TOOL_SUITES):
+                data[seed] = got
+    if not data:
+        return None
+    seeds, others = sorted(data), ARMS[1:]
+    lines = [f"### {cell}: tool use of every arm, {len(seeds)} seeds "
+             f"({', '.join(map(str, seeds))})",
+             "", f"Greedy; math: its first {EVAL_N} test problems (in domain), the others their "
+             "first problems (out of domain); n per seed. Each cell: accuracy / tool-set match / "
+             "tool-JSD (mean over seeds).", "",
+             "| suite (n) | " + " | ".join(ARMS) + " |", "|---|" + "---|" * len(ARMS)]
+    for s in TOOL_SUITES:
+        cells = [" / ".join(f"{np.mean([data[x][a][s][k] for x in seeds]):.3f}"
+                            for k in ("accuracy", "tool_set_match", "tool_jsd")) for a in ARMS]
+        lines.append(f"| {s} ({data[seeds[0]]['mentor'][s]['n']}) | " + " | ".join(cells) + " |")
+    lines += ["", "MENTOR - arm, 95% CI paired by seed and problem (tool-JSD: lower is closer to "
+              "the teacher):", "",
+              "| suite | " + " | ".join(f"tool-set match vs {a}" for a in others) + " | " +
+              " | ".join(f"tool-JSD vs {a}" for a in others) + " |",
+              "|---|" + "---|" * 2 * len(others)]
+    for s in TOOL_SUITES:
+        pp = {a: [data[x][a][s]["per_problem"] for x in seeds] for a in ARMS}
+        match = [paired_bootstrap_ci([p["tool_set_match"] for p in pp["mentor"]],
+                                     [p["tool_set_match"] for p in pp[a]]) for a in others]
+        div = [paired_bootstrap_jsd([p["tools"] for p in pp["mentor"]], [p["tools"] for p in pp[a]],
+                                    [p["teacher_tools"] for p in pp["mentor"]]) for a in others]
+        lines.append(f"| {s} | " + " | ".join(f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}]"
+                                              for d, lo, hi in match + div) + " |")
+    return "\n".join(lines)
+
+
 def plot(results, path):
     """Accuracy against rollouts drawn and against minutes of training, per cell and reward:
     the mean over seeds, each seed thin."""
@@ -194,15 +265,21 @@ def main():
     ap.add_argument("--cell", choices=list(CELLS), action="append", default=[])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--rewards", nargs="+", choices=REWARDS, default=list(REWARDS))
+    ap.add_argument("--baselines", action="store_true",
+                    help="also SFT and sft-slow from each warm start, and every arm's tool use")
     ap.add_argument("--report", action="store_true", help="tables and figure only")
     args = ap.parse_args()
     for cell in [] if args.report else args.cell:
         for seed in args.seeds:
-            run_seed(cell, seed, args.rewards)
+            run_seed(cell, seed, args.rewards + (list(BASELINES) if args.baselines else []))
+            for name in ARMS if args.baselines else ():
+                tool_use(cell, seed, name)
     results = {c: r for c in CELLS if (r := report(c))}
+    tools = [t for c in CELLS if os.path.isdir(os.path.join(ROOT, RESULTS, c))
+             and (t := tool_use_report(c))]
     if results:
         with open(os.path.join(ROOT, RESULTS, "tables.md"), "w") as f:
-            f.write("\n\n".join(t for t, _, _, _ in results.values()) + "\n")
+            f.write("\n\n".join([t for t, _, _, _ in results.values()] + tools) + "\n")
         plot(results, os.path.join(ROOT, RESULTS, "accuracy_vs_rollouts.png"))
         print(open(os.path.join(ROOT, RESULTS, "tables.md")).read())
 

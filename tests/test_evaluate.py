@@ -241,3 +241,20 @@ def test_generation_limits_come_from_the_run_folder(tmp_path, monkeypatch):
     evaluate.evaluate_model(str(tmp_path), ["math"], max_new_tokens=None, max_total_tokens=100,
                             max_turns=None)
     assert (seen["max_new_tokens"], seen["max_total_tokens"], seen["max_turns"]) == (512, 100, 5)
+
+
+def test_paired_bootstrap_jsd_by_hand():
+    from evaluate import paired_bootstrap_jsd
+    # one seed, two problems; the teacher calls x then y. Model a calls x on both
+    # (P = (1, 0) against Q = (1/2, 1/2): J, as in test_jsd_by_hand), model b matches (0).
+    J = jsd({"x": 2}, {"x": 1, "y": 1})
+    a, b, teacher = [[["x"], ["x"]]], [[["x"], ["y"]]], [[["x"], ["y"]]]
+    # a resample of the two problems is {0, 0} (1/4: both 0), {1, 1} (1/4: a calls x where the
+    # teacher calls y only, JSD 1; b 0) or {0, 1} (1/2: J): the 95% interval spans [0, 1],
+    # the central 40% is J alone
+    assert paired_bootstrap_jsd(a, b, teacher) == (pytest.approx(J), 0.0, 1.0)
+    d, lo, hi = paired_bootstrap_jsd(a, b, teacher, level=0.4)
+    assert d == lo == hi == pytest.approx(J)
+    # an empty set counts as "<none>"; the point estimate is the mean over seeds
+    d, _, _ = paired_bootstrap_jsd([[[]], [["x"]]], [[["x"]], [["x"]]], [[["x"]], [["x"]]])
+    assert d == pytest.approx(0.5)

@@ -476,3 +476,51 @@ def test_tool_use_ci_from_evaluations_kept_per_problem():
     results["sft-s0"] = ev([0, 1], keep=False)
     table, _ = replicate.tables(results, ["base", "sft", "grpo-mentor"], [0], ["math"])
     assert "CI of its difference" not in table and "| grpo-mentor - sft | 1 | +0.000" in table
+
+
+def test_mechanism_tool_use_resumes_and_pairs_every_arm_with_mentor(tmp_path, monkeypatch):
+    """mechanism.tool_use saves each suite as it is evaluated and, run again, evaluates only
+    the missing ones; tool_use_report pairs MENTOR with every other arm by seed and problem."""
+    import json
+    import os
+    monkeypatch.syspath_prepend(os.path.join(os.path.dirname(__file__), "..", "experiments"))
+    import mechanism
+    monkeypatch.setattr(mechanism, "ROOT", str(tmp_path))
+    calls, kill = [], {"at": "bfcl"}
+
+    def fake_evaluate_model(run, suites, on_suite, **kw):
+        calls.append(suites)
+        match = int(run.endswith("mentor"))            # MENTOR calls the teacher's tools
+        results = {}
+        for s in suites:
+            if s == kill["at"]:
+                raise KeyboardInterrupt
+            tools = [["add"], ["add"]] if match else [[], []]
+            results[s] = {"n": 2, "accuracy": 0.5, "tool_set_match": float(match),
+                          "tool_jsd": 1.0 - match,
+                          "per_problem": {"tool_set_match": [match] * 2, "tools": tools,
+                                          "teacher_tools": [["add"], ["add"]]}}
+            on_suite(results)
+        return results
+    monkeypatch.setattr(mechanism, "evaluate_model", fake_evaluate_model)
+    for arm in mechanism.ARMS:
+        run = tmp_path / "runs" / "mechanism" / "weak" / "s0" / arm
+        run.mkdir(parents=True)
+        (run / "checkpoint.pt").write_text("")
+        os.makedirs(mechanism.kept("weak", 0, arm))
+    with pytest.raises(KeyboardInterrupt):
+        mechanism.tool_use("weak", 0, "mentor")
+    assert mechanism.tool_use_report("weak") is None             # not every arm evaluated
+    kill["at"], calls[:] = None, []
+    for arm in mechanism.ARMS:
+        mechanism.tool_use("weak", 0, arm)
+    suites = list(mechanism.TOOL_SUITES)
+    assert calls[0] == suites[suites.index("bfcl"):] and calls[1:] == [suites] * 3
+    saved = json.loads(open(os.path.join(mechanism.kept("weak", 0, "mentor"),
+                                         "tool_use.json")).read())
+    assert list(saved) == suites
+    table = mechanism.tool_use_report("weak")
+    assert "| math (2) | 0.500 / 1.000 / 0.000 | 0.500 / 0.000 / 1.000 |" in table
+    # MENTOR - each arm: tool-set match +1, tool-JSD -1 (no spread: every resample agrees)
+    assert "| math | " + " | ".join(["+1.000 [+1.000, +1.000]"] * 3 +
+                                    ["-1.000 [-1.000, -1.000]"] * 3) + " |" in table
