@@ -88,14 +88,14 @@ def paired_bootstrap_jsd(a, b, teacher, n_boot=2000, level=0.95, seed=0):
     as paired_bootstrap_ci does and recomputes both divergences on the resample.
     Returns (mean over seeds of JSD_a - JSD_b, low, high).
     """
-    names = sorted({t for x in (a, b, teacher) for row in x for s in row for t in s or ["<none>"]})
+    names = sorted({t for x in (a, b, teacher) for row in x for t in tool_distribution(row)})
     col = {t: k for k, t in enumerate(names)}
 
-    def counts(x):                                  # (S, n, K): 1 where a problem's set has t
+    def counts(x):             # (S, n, K): problem i's tool_distribution, names as columns
         out = np.zeros((len(x), len(x[0]), len(names)))
         for s, row in enumerate(x):
             for i, tools in enumerate(row):
-                out[s, i, [col[t] for t in tools or ["<none>"]]] = 1
+                out[s, i, [col[t] for t in tool_distribution([tools])]] = 1
         return out
     A, B, T = counts(a), counts(b), counts(teacher)
     S, n, _ = A.shape
@@ -224,15 +224,14 @@ def evaluate_suite(model, tok, name, limit=None, batch_size=16, temperature=0.0,
                                max_new_tokens, max_total_tokens, progress)
     correct = [suite.is_correct(r) for r in rollouts]
     used = [used_tools(r, suite) for r in rollouts]
+    teacher = [set(r.problem["teacher_tools"]) for r in rollouts]
     out = {"n": len(rollouts), "split": "test" if name in trained_on else "all",
            **rollout_metrics(rollouts, suite),
            "correct": [int(c) for c in correct],                  # per problem, for paired CIs
-           "per_problem": {**tool_use_per_problem(rollouts, suite),       # the same, for
-                           "tools": [sorted(u) for u in used],            # tool use (and the
-                           "teacher_tools": [sorted(r.problem["teacher_tools"])  # JSD's CI)
-                                             for r in rollouts]},
-           "tool_jsd": jsd(tool_distribution(used), tool_distribution(
-               [set(r.problem["teacher_tools"]) for r in rollouts]))}
+           "per_problem": {**tool_use_per_problem(rollouts, suite),   # the same, for tool use
+                           "tools": [sorted(u) for u in used],        # (and the JSD's CI)
+                           "teacher_tools": [sorted(t) for t in teacher]},
+           "tool_jsd": jsd(tool_distribution(used), tool_distribution(teacher))}
     if all("category" in r.problem for r in rollouts):
         by = collections.defaultdict(list)
         for r, c in zip(rollouts, correct):

@@ -204,7 +204,8 @@ def tool_use_report(cell):
     """Tool use of MENTOR against every other arm, per suite: mean over seeds of accuracy,
     tool-set match and tool-JSD, and MENTOR - arm with paired 95% CIs."""
     data, root = {}, os.path.join(ROOT, RESULTS, cell)
-    for seed in sorted({int(d[1:].split("-")[0]) for d in os.listdir(root)}):
+    for seed in sorted({int(d[1:].split("-")[0]) for d in
+                        (os.listdir(root) if os.path.isdir(root) else [])}):
         got = {a: os.path.join(kept(cell, seed, a), "tool_use.json") for a in ARMS}
         if all(os.path.exists(f) for f in got.values()):
             got = {a: json.load(open(f)) for a, f in got.items()}
@@ -275,8 +276,7 @@ def main():
             for name in ARMS if args.baselines else ():
                 tool_use(cell, seed, name)
     results = {c: r for c in CELLS if (r := report(c))}
-    tools = [t for c in CELLS if os.path.isdir(os.path.join(ROOT, RESULTS, c))
-             and (t := tool_use_report(c))]
+    tools = [t for c in CELLS if (t := tool_use_report(c))]
     if results:
         with open(os.path.join(ROOT, RESULTS, "tables.md"), "w") as f:
             f.write("\n\n".join([t for t, _, _, _ in results.values()] + tools) + "\n")
