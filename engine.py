@@ -23,10 +23,11 @@ place (GrowingKV); finished rows leave it. For Llama and Qwen2 students a step i
 microseconds per operator); other models run transformers' forward on the same cache.
 
 Log-probs (`logprobs`, `backward`). The shared system prompt of a batch is
-run once as a `SharedPrefix`; micro-batches attach to its KV cache (repeated to
-their size without a copy). Gradients they send into it accumulate on
-detached leaves, and one backward pass through the prefix at the end gives
-the exact gradient of a plain forward over the full sequences.
+run once as a `SharedPrefix`; micro-batches read its keys and values (on a CPU
+once for all rows, through `attend` and `SplitFlashAttention`, its gradient by
+hand). Gradients they send into it accumulate on detached leaves, and one
+backward pass through the prefix at the end gives the exact gradient of a plain
+forward over the full sequences.
 """
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -136,23 +137,21 @@ def attend(query, key, value, shared, bias, scaling, flash=None):
               query attends at least to its own position
     Returns (n, w, h, d). flash (default: on a CPU) runs the two parts through torch's fused
     CPU attention kernel, each with its log-sum-exp, and merges them (no copy of the cache:
-    a 32-row step 84 -> 67 ms here); else they are plain matmuls under one softmax.
+    a 32-row step 84 -> 67 ms here), with a gradient (SplitFlashAttention) for the loss pass;
+    else they are plain matmuls under one softmax.
     """
     n, h, w, d = query.shape
     kvh, g = key.shape[1], h // key.shape[1]                # query heads per kv head
     q = query.reshape(n, kvh, g * w, d)                     # head j reads kv head j // g
-    q_all = q.transpose(0, 1).reshape(kvh, n * g * w, d)    # every row's queries, per kv head
     bias = bias[:, :, None].expand(n, 1, g, w, -1).reshape(n, 1, g * w, -1)
     pk, pv = shared
     if query.device.type == "cpu" if flash is None else flash:
-        o1, lse1 = _FLASH_CPU(q_all[None], pk[None], pv[None], scale=scaling)
-        o2, lse2 = _FLASH_CPU(q, key, value, attn_mask=bias.to(q.dtype), scale=scaling)
-        o1, lse1 = o1[0].view(kvh, n, g * w, d).transpose(0, 1), lse1[0].view(kvh, n, g * w).transpose(0, 1)
-        m = torch.maximum(lse1, lse2)
-        a1, a2 = (lse1 - m).exp()[..., None], (lse2 - m).exp()[..., None]   # (n, kvh, g*w, 1)
-        out = ((o1 * a1 + o2 * a2) / (a1 + a2)).to(q.dtype)
+        dt = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else q.dtype
+        out = SplitFlashAttention.apply(*(x.to(dt) for x in (q, key, value, pk, pv, bias)),
+                                        scaling)                # in autocast's dtype, as SDPA
     else:
         P = pk.shape[1]
+        q_all = q.transpose(0, 1).reshape(kvh, n * g * w, d)    # every row's queries, per kv head
         s_prompt = (q_all @ pk.transpose(1, 2)).view(kvh, n, g * w, P).transpose(0, 1)
         s_own = q @ key.transpose(2, 3) + bias                  # (n, kvh, g*w, L)
         p = torch.softmax(torch.cat([s_prompt, s_own], -1).float() * scaling, -1).to(value.dtype)
@@ -162,6 +161,47 @@ def attend(query, key, value, shared, bias, scaling, flash=None):
 
 
 _FLASH_CPU = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu   # -> (out, logsumexp)
+_FLASH_CPU_BACKWARD = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
+
+
+class SplitFlashAttention(torch.autograd.Function):
+    """attend's CPU path: the prompt part and the own part through torch's fused kernel, each
+    returning its log-sum-exp, merged exactly (softmax over the union), and its gradient.
+
+    q: (n, kvh, g*w, d); key, value: (n, kvh, L, d); pk, pv: (kvh, P, d); bias: (n, kvh or 1,
+    g*w, L) -> (n, kvh, g*w, d). The kernel's log-sum-exp carries no gradient, so autograd
+    cannot differentiate the merge; backward does it by hand. With the merged output and
+    log-sum-exp the kernel's own backward recomputes each part's probabilities as shares of
+    the full softmax and uses the full rowsum(dO * O), so each part's call gives that part's
+    exact gradient (the split-K backward of flash-decoding); the queries' two parts add up.
+    """
+
+    @staticmethod
+    def forward(ctx, q, key, value, pk, pv, bias, scaling):
+        n, kvh, gw, d = q.shape
+        q_all = q.transpose(0, 1).reshape(1, kvh, n * gw, d)   # every row's queries at once
+        o1, lse1 = _FLASH_CPU(q_all, pk[None], pv[None], scale=scaling)
+        o2, lse2 = _FLASH_CPU(q, key, value, attn_mask=bias, scale=scaling)
+        o1, lse1 = o1[0].view(kvh, n, gw, d).transpose(0, 1), lse1[0].view(kvh, n, gw).transpose(0, 1)
+        lse = torch.logaddexp(lse1, lse2)                       # (n, kvh, g*w)
+        out = (o1 * (lse1 - lse).exp()[..., None] + o2 * (lse2 - lse).exp()[..., None]).to(q.dtype)
+        ctx.save_for_backward(q, key, value, pk, pv, bias, out, lse)
+        ctx.scaling = scaling
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        q, key, value, pk, pv, bias, out, lse = ctx.saved_tensors
+        n, kvh, gw, d = q.shape
+        dout = dout.contiguous()
+        every_row = lambda x: x.transpose(0, 1).reshape(1, kvh, n * gw, *x.shape[3:])
+        dq1, dpk, dpv = _FLASH_CPU_BACKWARD(every_row(dout), every_row(q), pk[None], pv[None],
+                                            every_row(out), every_row(lse[..., None])[..., 0],
+                                            0.0, False, scale=ctx.scaling)
+        dq2, dkey, dvalue = _FLASH_CPU_BACKWARD(dout, q, key, value, out, lse.contiguous(), 0.0,
+                                                False, attn_mask=bias, scale=ctx.scaling)
+        dq = dq1[0].view(kvh, n, gw, d).transpose(0, 1) + dq2
+        return dq, dkey, dvalue, dpk[0], dpv[0], None, None
 
 
 def additive_mask(ok, dtype):
@@ -281,7 +321,8 @@ def feed(model, batch, chunks):
 class DecodeWeights:
     """A Llama or Qwen2 model's weights as decode_forward reads them: q, k and v stacked
     into one matrix and gate and up into another, so a layer is 4 matmuls instead of 7.
-    Built per generate() call (a copy of the decoder's matmul weights; 14 ms for 135M)."""
+    Built per generate() call (a copy of the decoder's matmul weights, packed on a CPU in bf16:
+    0.1-0.17 s for 135M)."""
 
     ARCHITECTURES = ("LlamaForCausalLM", "Qwen2ForCausalLM")
 
@@ -302,24 +343,45 @@ class DecodeWeights:
         for layer in dec.layers:
             a, m = layer.self_attn, layer.mlp
             self.layers.append((layer.input_layernorm.weight,
-                                *_stacked(a.q_proj, a.k_proj, a.v_proj),
-                                a.o_proj.weight, a.o_proj.bias,
+                                Linear.stacked(a.q_proj, a.k_proj, a.v_proj),
+                                Linear(a.o_proj.weight, a.o_proj.bias),
                                 layer.post_attention_layernorm.weight,
-                                *_stacked(m.gate_proj, m.up_proj),
-                                m.down_proj.weight, m.down_proj.bias))
+                                Linear.stacked(m.gate_proj, m.up_proj),
+                                Linear(m.down_proj.weight, m.down_proj.bias)))
         self.embed, self.norm = dec.embed_tokens.weight, dec.norm.weight
-        self.head = model.get_output_embeddings().weight
+        self.head = Linear(model.get_output_embeddings().weight)
         self.rotary = dec.rotary_emb
         self.heads, self.kv_heads = cfg.num_attention_heads, cfg.num_key_value_heads
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.heads
         self.eps, self.intermediate = cfg.rms_norm_eps, cfg.intermediate_size
 
 
-def _stacked(*linears):
-    """(weight, bias) of several nn.Linear with one input, stacked along the output."""
-    weight = torch.cat([lin.weight for lin in linears])
-    bias = None if linears[0].bias is None else torch.cat([lin.bias for lin in linears])
-    return weight, bias
+class Linear:
+    """x @ weight.T + bias as decode_forward calls it. On a CPU in bf16 the weight is also
+    packed once (per generate() call) into oneDNN's blocked layout, where F.linear passes it
+    row-major on every call: a tool-prompt decode step of 32 rows took 76 ms against 87, of
+    one row 42 against 52 (medians of 4 interleaved runs, AVX-512 Xeon). Elsewhere F.linear.
+    tests/test_rollout.py compares the two."""
+
+    PACK_ROWS = 32          # the row count oneDNN blocks the packed weight for (any count works)
+
+    def __init__(self, weight, bias=None):
+        self.weight, self.bias, self.packed = weight, bias, None
+        if weight.device.type == "cpu" and weight.dtype == torch.bfloat16 \
+                and torch.backends.mkldnn.is_available() \
+                and torch.ops.mkldnn._is_mkldnn_bf16_supported():
+            self.packed = torch.ops.mkldnn._reorder_linear_weight(weight, self.PACK_ROWS)
+
+    @classmethod
+    def stacked(cls, *linears):
+        """nn.Linear-s with one input as one Linear, their outputs stacked."""
+        bias = None if linears[0].bias is None else torch.cat([lin.bias for lin in linears])
+        return cls(torch.cat([lin.weight for lin in linears]), bias)
+
+    def __call__(self, x):
+        if self.packed is None:
+            return F.linear(x, self.weight, self.bias)
+        return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
 
 
 def _rms_norm(x, weight, eps):
@@ -345,19 +407,17 @@ def decode_forward(wt, ids, pos, batch):
     x = F.embedding(ids, wt.embed)                                  # (n, w, H)
     cos, sin = (c[:, None] for c in wt.rotary(x, pos))              # (n, 1, w, d)
     bias = own_bias(batch.attn, w, x.dtype)                         # (n, 1, w, L)
-    for i, (ln1, w_qkv, b_qkv, w_o, b_o, ln2, w_gu, b_gu, w_down, b_down) in \
-            enumerate(wt.layers):
-        qkv = F.linear(_rms_norm(x, ln1, wt.eps), w_qkv, b_qkv)
+    for i, (ln1, qkv_proj, o_proj, ln2, gate_up_proj, down_proj) in enumerate(wt.layers):
+        qkv = qkv_proj(_rms_norm(x, ln1, wt.eps))
         qkv = qkv.view(n, w, h + 2 * kvh, d).transpose(1, 2)         # (n, heads, w, d)
         qk = qkv[:, :h + kvh]
         qk = qk * cos + _rotate_half(qk) * sin                      # rotary, q and k at once
         key, value = batch.cache.update(qk[:, h:], qkv[:, h + kvh:], i)   # (n, kvh, L, d)
         o = attend(qk[:, :h], key, value, batch.shared_kv[i], bias, d ** -0.5)
-        x = x + F.linear(o.reshape(n, w, h * d), w_o, b_o)
-        gu = F.linear(_rms_norm(x, ln2, wt.eps), w_gu, b_gu)
-        x = x + F.linear(F.silu(gu[..., :wt.intermediate]) * gu[..., wt.intermediate:],
-                         w_down, b_down)
-    return F.linear(_rms_norm(x[:, -1], wt.norm, wt.eps), wt.head)
+        x = x + o_proj(o.reshape(n, w, h * d))
+        gu = gate_up_proj(_rms_norm(x, ln2, wt.eps))
+        x = x + down_proj(F.silu(gu[..., :wt.intermediate]) * gu[..., wt.intermediate:])
+    return wt.head(_rms_norm(x[:, -1], wt.norm, wt.eps))
 
 
 @torch.inference_mode()
@@ -405,12 +465,18 @@ def generate(model, prompts, group_size, advance, temperature=1.0):
 # ----------------------------------------------------------------------------
 # Log-probs of finished sequences, for the losses
 
+# Devices whose loss pass reads the shared prefix's keys once for all rows (attend). On a GPU,
+# attend's plain matmuls would keep (rows, heads, T, P + T) scores per layer for backward;
+# SDPA over [prefix ; row] keeps none.
+SPLIT_ATTENTION_ON = ("cpu",)
+
+
 class SharedPrefix:
     """A prefix shared by every row of a batch (the system prompt), run once.
 
-    Micro-batches attach to its KV cache (repeated to their size without a
-    copy); gradients they send into it accumulate on detached leaves, and
-    backward() pushes the sum through the prefix in one pass. The result is
+    Micro-batches read its keys and values (run()); gradients they send into
+    them accumulate on detached leaves, and backward() pushes the sum through
+    the prefix in one pass. The result is
     the exact gradient of a forward over the full sequences, with the prefix
     computed once per batch instead of once per row.
     """
@@ -426,10 +492,26 @@ class SharedPrefix:
             else self.roots
         self.length = len(ids)
 
-    def cache(self, n):
-        kv = self.leaves[:-1]                                 # (1, kv_heads, P, head_dim) each
-        return Cache(layers=[PrefixKV(kv[i].expand(n, -1, -1, -1), kv[i + 1].expand(n, -1, -1, -1))
-                             for i in range(0, len(kv), 2)])
+    def run(self, model, ids, attention_mask):
+        """(N, T) right-padded ids after the prefix -> the decoder's (N, T, H) last hidden
+        states. Where the prefix's keys are read once for all rows (SPLIT_ATTENTION_ON: attend,
+        with SplitFlashAttention's gradient), else through SDPA over [prefix ; row] with the
+        prefix's KV repeated to N rows without a copy (PrefixKV). Also SDPA under gradient
+        checkpointing: its re-run in backward is outside shared_prefix_attention_on."""
+        N, T = ids.shape
+        decoder, kv = model.get_decoder(), self.leaves[:-1]     # (1, kv_heads, P, head_dim) each
+        if ids.device.type in SPLIT_ATTENTION_ON and not model.is_activation_checkpointing:
+            pos = self.length + torch.arange(T, device=ids.device).expand(N, T)
+            with shared_prefix_attention_on(model):
+                return decoder(input_ids=ids, attention_mask=attention_mask, position_ids=pos,
+                               use_cache=False, shared_kv=[(kv[i][0], kv[i + 1][0])
+                                                         for i in range(0, len(kv), 2)]
+                               ).last_hidden_state
+        full_mask = torch.cat([attention_mask.new_ones(N, self.length), attention_mask], 1)
+        cache = Cache(layers=[PrefixKV(kv[i].expand(N, -1, -1, -1), kv[i + 1].expand(N, -1, -1, -1))
+                              for i in range(0, len(kv), 2)])
+        return decoder(input_ids=ids, attention_mask=full_mask, cache=cache,
+                       use_cache=False).last_hidden_state       # PrefixKV: read, never written
 
     def last_hidden(self, n):
         return self.leaves[-1].expand(n, 1, -1)
@@ -527,9 +609,7 @@ def sequence_logprobs(model, prefix, ids, attention_mask, needed=None):
     if not isinstance(prefix, SharedPrefix) and len(prefix):
         prefix = SharedPrefix(model, prefix, detach=False)
     if isinstance(prefix, SharedPrefix):
-        full_mask = torch.cat([attention_mask.new_ones(N, prefix.length), attention_mask], 1)
-        h = decoder(input_ids=ids, attention_mask=full_mask, cache=prefix.cache(N),
-                    use_cache=False).last_hidden_state        # PrefixKV: read, never written
+        h = prefix.run(model, ids, attention_mask)
         first = prefix.last_hidden(N)                                    # predicts ids[:, 0]
     else:
         h = decoder(input_ids=ids, attention_mask=attention_mask).last_hidden_state

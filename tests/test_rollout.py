@@ -1,5 +1,6 @@
 """Rollouts on the real embedded student."""
 import torch
+import torch.nn.functional as F
 
 from model import ModelNotAvailable, load_model
 from rollout import between_turns_ids, generate_rollouts
@@ -206,6 +207,30 @@ def test_shared_prefix_attention_equals_attention_over_the_concatenation():
             assert torch.allclose(out, ref.transpose(1, 2), atol=1e-5), (flash, m is None)
 
 
+def test_split_flash_attention_has_the_gradient_of_the_plain_attention():
+    """engine.SplitFlashAttention's backward (the fused kernel's, fed the merged output and
+    log-sum-exp) == autograd through attend's plain matmuls: gradients of the queries, the
+    rows' own keys and values and the shared prompt's, in fp32 and bf16."""
+    import engine
+    torch.manual_seed(0)
+    n, kvh, g, w, L, P, d = 3, 2, 3, 5, 5, 7, 8
+    ok = torch.ones(w, L, dtype=torch.bool).tril().repeat(n, 1, 1, 1)        # causal, own part
+    ok[1, ..., 3:] = False                                                   # row 1: right pad
+    bias = engine.additive_mask(ok, torch.float32)
+    leaves = [torch.randn(n, kvh * g, w, d), torch.randn(n, kvh, L, d), torch.randn(n, kvh, L, d),
+              torch.randn(kvh, P, d), torch.randn(kvh, P, d)]
+    weight = torch.randn(n, w, kvh * g, d)                   # a loss that weighs every output
+    for dtype, tol in ((torch.float32, 1e-5), (torch.bfloat16, 0.03)):
+        grads = {}
+        for flash in (True, False):
+            x = [t.to(dtype).clone().requires_grad_() for t in leaves]
+            out = engine.attend(x[0], x[1], x[2], (x[3], x[4]), bias.to(dtype), d ** -0.5, flash)
+            (out.float() * weight).sum().backward()
+            grads[flash] = [t.grad.float() for t in x]
+        for a, b in zip(grads[True], grads[False]):
+            assert (a - b).abs().max() <= tol * b.abs().max(), dtype
+
+
 def test_hand_written_decode_step_equals_the_models_forward(student):
     """engine.decode_forward (fused weights, by hand) against the model's own forward through
     the same cache, step by step: a prefill of ragged tails, one-token steps, and chunks of
@@ -308,3 +333,25 @@ def test_advance_truncates_and_stops_at_max_turns(student, math_suite):
     results = [advance(r, t, env) for t in call]
     assert results[-1] is None and r.responses == []     # max_turns=1: the call is not run
     assert not r.truncated and r.tool_calls == []        # names are filled in by generate_rollouts
+
+
+def test_packed_linear_equals_f_linear():
+    """engine.Linear: where it packs the weight for oneDNN (CPU, bf16) its output equals
+    F.linear's up to bf16 rounding, with and without bias, on 2-D and 3-D inputs; in fp32 it
+    does not pack and is F.linear itself."""
+    from engine import Linear
+    torch.manual_seed(0)
+    for dtype in (torch.bfloat16, torch.float32):
+        weight, bias = torch.randn(96, 64, dtype=dtype), torch.randn(96, dtype=dtype)
+        for b in (None, bias):
+            lin = Linear(weight, b)
+            assert (lin.packed is not None) == (dtype == torch.bfloat16 and
+                                                torch.ops.mkldnn._is_mkldnn_bf16_supported())
+            for shape in ((1, 64), (32, 64), (5, 3, 64)):
+                x = torch.randn(shape, dtype=dtype)
+                out, ref = lin(x).float(), F.linear(x, weight, b).float()
+                assert out.shape == ref.shape
+                if lin.packed is None:
+                    assert torch.equal(out, ref)
+                else:                                   # bf16: 8 bits of mantissa
+                    assert (out - ref).abs().max() <= 2 ** -7 * ref.abs().max()

@@ -105,7 +105,16 @@ def test_masked_tokens_get_no_gradient(tiny_model):
     assert torch.all(lp.grad[mask == 1] != 0)
 
 
-def test_shared_prefix_logprobs_equal_a_plain_forward(tiny_model):
+@pytest.fixture(params=["read once", "sdpa"])
+def prefix_attention(request, monkeypatch):
+    """Both ways a micro-batch reads the shared prefix (SharedPrefix.run): its keys once for
+    all rows (attend, the CPU's) and SDPA over [prefix ; row] (a GPU's), both run here."""
+    import engine
+    monkeypatch.setattr(engine, "SPLIT_ATTENTION_ON", ("cpu",) if request.param == "read once" else ())
+    return request.param
+
+
+def test_shared_prefix_logprobs_equal_a_plain_forward(tiny_model, prefix_attention):
     prefix, tokens, attn, _ = _batch(tiny_model)
     lp = sequence_logprobs(tiny_model, prefix, tokens, attn)
     full = torch.cat([prefix.expand(2, -1), tokens], 1)
@@ -115,7 +124,7 @@ def test_shared_prefix_logprobs_equal_a_plain_forward(tiny_model):
     assert torch.allclose(lp[attn.bool()], ref[attn.bool()], atol=1e-5)
 
 
-def test_prefix_run_once_gives_the_exact_gradient_over_micro_batches(tiny_model):
+def test_prefix_run_once_gives_the_exact_gradient_over_micro_batches(tiny_model, prefix_attention):
     """SharedPrefix once + two micro-batches + prefix.backward() == one plain forward/backward."""
     prefix_ids, tokens, attn, mask = _batch(tiny_model)
     full = torch.cat([prefix_ids.expand(2, -1), tokens], 1)
@@ -136,7 +145,8 @@ def test_prefix_run_once_gives_the_exact_gradient_over_micro_batches(tiny_model)
         assert torch.allclose(g, p.grad, atol=1e-5)
 
 
-def test_backward_seam_gives_the_token_mean_gradient_of_a_plain_forward(tiny_model):
+def test_backward_seam_gives_the_token_mean_gradient_of_a_plain_forward(tiny_model,
+                                                                        prefix_attention):
     """engine.backward over micro-batches of 1 == d/dθ of the token-mean NLL of one plain
     forward over the full sequences; its returned loss is that token mean."""
     from engine import backward, make_batch
