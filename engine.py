@@ -173,7 +173,7 @@ class SplitFlashAttention(torch.autograd.Function):
     cannot differentiate the merge; backward does it by hand. With the merged output and
     log-sum-exp the kernel's own backward recomputes each part's probabilities as shares of
     the full softmax and uses the full rowsum(dO * O), so each part's call gives that part's
-    exact gradient (the split-K backward of flash-decoding); the queries' two parts add up.
+    exact gradient (as ring attention's backward treats each block); the queries' parts add up.
     """
 
     @staticmethod
