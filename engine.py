@@ -164,6 +164,16 @@ _FLASH_CPU = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu   # -> (
 _FLASH_CPU_BACKWARD = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
 
 
+def _all_rows(x):
+    """(n, kvh, m, ...) per row -> (1, kvh, n * m, ...): every row's queries as one batch."""
+    return x.transpose(0, 1).reshape(1, x.shape[1], -1, *x.shape[3:])
+
+
+def _per_row(x, n):
+    """_all_rows undone: (1, kvh, n * m, ...) -> (n, kvh, m, ...)."""
+    return x[0].view(x.shape[1], n, -1, *x.shape[3:]).transpose(0, 1)
+
+
 class SplitFlashAttention(torch.autograd.Function):
     """attend's CPU path: the prompt part and the own part through torch's fused kernel, each
     returning its log-sum-exp, merged exactly (softmax over the union), and its gradient.
@@ -178,11 +188,9 @@ class SplitFlashAttention(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, key, value, pk, pv, bias, scaling):
-        n, kvh, gw, d = q.shape
-        q_all = q.transpose(0, 1).reshape(1, kvh, n * gw, d)   # every row's queries at once
-        o1, lse1 = _FLASH_CPU(q_all, pk[None], pv[None], scale=scaling)
+        o1, lse1 = _FLASH_CPU(_all_rows(q), pk[None], pv[None], scale=scaling)
         o2, lse2 = _FLASH_CPU(q, key, value, attn_mask=bias, scale=scaling)
-        o1, lse1 = o1[0].view(kvh, n, gw, d).transpose(0, 1), lse1[0].view(kvh, n, gw).transpose(0, 1)
+        o1, lse1 = _per_row(o1, len(q)), _per_row(lse1, len(q))
         lse = torch.logaddexp(lse1, lse2)                       # (n, kvh, g*w)
         out = (o1 * (lse1 - lse).exp()[..., None] + o2 * (lse2 - lse).exp()[..., None]).to(q.dtype)
         ctx.save_for_backward(q, key, value, pk, pv, bias, out, lse)
@@ -192,15 +200,13 @@ class SplitFlashAttention(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dout):
         q, key, value, pk, pv, bias, out, lse = ctx.saved_tensors
-        n, kvh, gw, d = q.shape
         dout = dout.contiguous()
-        every_row = lambda x: x.transpose(0, 1).reshape(1, kvh, n * gw, *x.shape[3:])
-        dq1, dpk, dpv = _FLASH_CPU_BACKWARD(every_row(dout), every_row(q), pk[None], pv[None],
-                                            every_row(out), every_row(lse[..., None])[..., 0],
-                                            0.0, False, scale=ctx.scaling)
+        dq1, dpk, dpv = _FLASH_CPU_BACKWARD(*map(_all_rows, (dout, q)), pk[None], pv[None],
+                                            *map(_all_rows, (out, lse)), 0.0, False,
+                                            scale=ctx.scaling)
         dq2, dkey, dvalue = _FLASH_CPU_BACKWARD(dout, q, key, value, out, lse.contiguous(), 0.0,
                                                 False, attn_mask=bias, scale=ctx.scaling)
-        dq = dq1[0].view(kvh, n, gw, d).transpose(0, 1) + dq2
+        dq = _per_row(dq1, len(q)) + dq2
         return dq, dkey, dvalue, dpk[0], dpv[0], None, None
 
 
@@ -499,17 +505,17 @@ class SharedPrefix:
         prefix's KV repeated to N rows without a copy (PrefixKV). Also SDPA under gradient
         checkpointing: its re-run in backward is outside shared_prefix_attention_on."""
         N, T = ids.shape
-        decoder, kv = model.get_decoder(), self.leaves[:-1]     # (1, kv_heads, P, head_dim) each
+        decoder = model.get_decoder()
+        kv = list(zip(self.leaves[:-1:2], self.leaves[1:-1:2]))  # (1, kv_heads, P, head_dim) each
         if ids.device.type in SPLIT_ATTENTION_ON and not model.is_activation_checkpointing:
             pos = self.length + torch.arange(T, device=ids.device).expand(N, T)
             with shared_prefix_attention_on(model):
                 return decoder(input_ids=ids, attention_mask=attention_mask, position_ids=pos,
-                               use_cache=False, shared_kv=[(kv[i][0], kv[i + 1][0])
-                                                         for i in range(0, len(kv), 2)]
+                               use_cache=False, shared_kv=[(k[0], v[0]) for k, v in kv]
                                ).last_hidden_state
         full_mask = torch.cat([attention_mask.new_ones(N, self.length), attention_mask], 1)
-        cache = Cache(layers=[PrefixKV(kv[i].expand(N, -1, -1, -1), kv[i + 1].expand(N, -1, -1, -1))
-                              for i in range(0, len(kv), 2)])
+        cache = Cache(layers=[PrefixKV(k.expand(N, -1, -1, -1), v.expand(N, -1, -1, -1))
+                              for k, v in kv])
         return decoder(input_ids=ids, attention_mask=full_mask, cache=cache,
                        use_cache=False).last_hidden_state       # PrefixKV: read, never written
 
