@@ -84,8 +84,11 @@ class Config:
 
 # --preset: cpu (make train) adds dynamic sampling, under which GRPO learned on 2 CPU cores
 # (results/rl-log.md), 200 held-out problems (a CI of about +-0.08 on a +0.2 gain), a checkpoint
-# (1.6 GB) every 5 steps; gpu: one GPU, Qwen students, no warm start (experiments/memory.py).
-PRESETS = {"cpu": dict(max_sample_batches=4, eval_n=200, eval_every=5, save_every=5),
+# (1.6 GB) every 5 steps, and fp32 compute on every CPU: a step of lr 1e-5 is below bf16's
+# spacing, so a bf16 copy moves mostly by rounding and RL swung with it (results/make-train-fast);
+# gpu: one GPU, Qwen students, no warm start (experiments/memory.py).
+PRESETS = {"cpu": dict(max_sample_batches=4, eval_n=200, eval_every=5, save_every=5,
+                       precision="fp32"),
            "gpu": dict(warmup_sft_steps=0, steps=200, batch_size=16, group_size=8, lr=1e-6,
                        max_new_tokens=512, max_total_tokens=1536, micro_batch=16,
                        micro_batch_tokens=8192, grad_checkpointing=True, eval_n=200,
