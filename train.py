@@ -82,11 +82,9 @@ class Config:
     fsdp: bool = False              # shard decoder layers over the ranks (distributed.py)
 
 
-# --preset: cpu (make train) adds dynamic sampling, under which GRPO learned on 2 CPU cores
-# (results/rl-log.md), 200 held-out problems (a CI of about +-0.08 on a +0.2 gain), a checkpoint
-# (1.6 GB) every 5 steps, and fp32 compute on every CPU: a step of lr 1e-5 is below bf16's
-# spacing, so a bf16 copy moves mostly by rounding and RL swung with it (results/make-train-fast);
-# gpu: one GPU, Qwen students, no warm start (experiments/memory.py).
+# --preset: cpu (make train): dynamic sampling, under which GRPO learned on 2 CPU cores; 200
+# held-out problems (CI about +-0.08 on a +0.2 gain); a 1.6 GB checkpoint every 5 steps; fp32,
+# as a step of lr 1e-5 is below bf16's spacing (results/make-train-fast). gpu: one GPU, no SFT.
 PRESETS = {"cpu": dict(max_sample_batches=4, eval_n=200, eval_every=5, save_every=5,
                        precision="fp32"),
            "gpu": dict(warmup_sft_steps=0, steps=200, batch_size=16, group_size=8, lr=1e-6,
@@ -251,8 +249,7 @@ def policy_update(model, ref_model, opt, pad_id, seqs, adv, cfg):
     the loss: the token mean over the rest on all ranks (none: no step); --fsdp keeps them all."""
     keep = range(len(seqs)) if is_sharded(model) else (adv != 0).nonzero().flatten().tolist()
     seqs, adv = [seqs[i] for i in keep], adv[keep]
-    out = {"trained_rows": all_sum(len(seqs)), "loss": 0.0, "kl": 0.0, "clip_frac": 0.0,
-           "sampler_kl": 0.0}
+    out = dict(trained_rows=all_sum(len(seqs)), loss=0.0, kl=0.0, clip_frac=0.0, sampler_kl=0.0)
     n_tokens = all_sum(sum(sum(m) for _, _, m, _ in seqs))
     if n_tokens == 0:
         return out
