@@ -96,7 +96,8 @@ def run_seed(cell, seed, names):
         if sft_losses(os.path.join(kept(cell, seed, "warm"), "metrics.jsonl")) != \
                 sft_losses(os.path.join(warm, "metrics.jsonl")):
             sys.exit(f"{cell} seed {seed}: the warm start retrained here gives other SFT losses "
-                     f"than the recorded one (another kind of CPU?); its runs would not pair")
+                     f"than the recorded one (another kind of CPU, or the cpu preset's fp32 since "
+                     f"c1de1b5?); its runs would not pair")
     else:
         finish(cell, seed, "warm", warm)
     for name in todo:
