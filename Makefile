@@ -12,7 +12,7 @@ PY := .venv/bin/python
 venv: .venv/ready
 
 # the cpu preset: SFT warm start, then GRPO with dynamic sampling (up to 4 batches of questions
-# a step), 200-problem evaluations. make train SEED=1 for another seed. --resume: run it again
+# a step), 200-problem evaluations, fp32 compute. make train SEED=1 for another seed. --resume: run it again
 # after an interruption and it continues from its last checkpoint
 SEED ?= 0
 train: .venv/ready
