@@ -12,8 +12,8 @@ PY := .venv/bin/python
 venv: .venv/ready
 
 # the cpu preset: SFT warm start, then GRPO with dynamic sampling (up to 4 batches of questions
-# a step), 200-problem evaluations, fp32 compute. make train SEED=1 for another seed. --resume: run it again
-# after an interruption and it continues from its last checkpoint
+# a step), 200-problem evaluations, fp32 compute. make train SEED=1 for another seed. --resume:
+# run it again after an interruption and it continues from its last checkpoint
 SEED ?= 0
 train: .venv/ready
 	$(PY) train.py --preset cpu --seed $(SEED) --out runs/train-seed$(SEED) --resume

@@ -2,7 +2,6 @@
 and giving a training's freed memory back to the OS."""
 import os
 import platform
-import sys
 
 import pytest
 import torch
@@ -76,12 +75,12 @@ def test_release_memory_gives_freed_heap_back():
     assert keep.sum().item() == 2**18
 
 
-def test_an_rl_step_is_below_bf16s_spacing():
+def test_an_rl_step_is_below_bf16s_spacing(monkeypatch):
     """bf16 keeps 8 significant bits: at 0.03 (in [2^-6, 2^-5)) its spacing is 2^-13 = 1.2e-4.
     An AdamW step of lr 1e-5 there leaves the bf16 copy unchanged (what bf16 adds is -1e-5:
     the whole change is lost); a step that carries the weight across a rounding boundary moves
     the copy by a whole spacing (what bf16 adds: 2^-13 - 1e-5)."""
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "experiments"))
+    monkeypatch.syspath_prepend(os.path.join(os.path.dirname(__file__), "..", "experiments"))
     from bf16_resolution import bf16_resolution
     w0 = torch.tensor([[0.03]])
     change, rounding, moved = bf16_resolution(w0, w0 + 1e-5)
