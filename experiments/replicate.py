@@ -473,8 +473,10 @@ def main(argv=None):
                  if k not in ("steps", "warmup_sft_steps", "eval_n")}, "preset": preset,
               "student": p["student"], "eval_n": 0, **{k: p[k] for k in TRAIN_KEYS if k in p}}
     cfg = Config(**common)
+    # evaluated in the precision it trains in, as train.py's own evaluations are; each record
+    # names its precision (results/replicate-cpu's predate the cpu preset's fp32: bf16 on AVX-512)
     gen = dict(max_new_tokens=cfg.max_new_tokens, max_total_tokens=cfg.max_total_tokens,
-               max_turns=cfg.max_turns)
+               max_turns=cfg.max_turns, precision=cfg.precision)
     rewards = ["sparse", "mentor"] + (["partial", "no_tool_match", "f1"] if args.ablations else [])
     # sft-slow, once evaluated, stays in the table (a later --report need not repeat the flag)
     slow = args.sft_slow or any(f.startswith("eval_sft-slow-s") for f in os.listdir(root))

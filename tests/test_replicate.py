@@ -57,16 +57,18 @@ def test_replicate_evaluates_each_run_before_training_the_next(tmp_path, monkeyp
     import os
     monkeypatch.syspath_prepend(os.path.join(os.path.dirname(__file__), "..", "experiments"))
     import replicate
-    report, events = tmp_path / "results", []
+    report, events, precisions = tmp_path / "results", [], set()
 
     def fake_train(kwargs):
         events.append(("train", os.path.basename(kwargs["out"]), (report / "table.md").exists()))
+        precisions.add(kwargs["precision"])
         os.makedirs(kwargs["out"], exist_ok=True)
         (tmp_path / "runs" / os.path.basename(kwargs["out"]) / "metrics.jsonl").write_text("{}\n")
         (tmp_path / "runs" / os.path.basename(kwargs["out"]) / "result.json").write_text("{}")
 
     def fake_eval(name, out, root, limit, gen, suites):
         events.append(("eval", name))
+        precisions.add(gen["precision"])
         res = {s: {"n": 2, "accuracy": 0.5, "tool_jsd": 0.0, "correct": [True, False]}
                for s in replicate.SUITES}
         if name not in ("grpo-mentor-s0", "warm-s0"):        # these two "cut off"
@@ -81,6 +83,7 @@ def test_replicate_evaluates_each_run_before_training_the_next(tmp_path, monkeyp
                       ("train", "grpo-sparse-s0", True), ("eval", "grpo-sparse-s0")]  # first
     assert "| warm | 1 |" in (report / "table.md").read_text()
     assert (report / "metrics_grpo-sparse-s0.jsonl").exists()
+    assert precisions == {"fp32"}           # evaluated in the precision train.py's preset trains in
     events.clear()
     replicate.main(["--preset", "cpu", "--seeds", "0"])
     assert [e[:2] for e in events if e[0] == "train"] == [("train", "warm-s0"),
