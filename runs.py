@@ -116,8 +116,9 @@ def start(cfg, first_phase, first_lr):
     if cfg.batch_size % world() or cfg.sft_batch_size % world():
         sys.exit(f"--batch-size {cfg.batch_size} and --sft-batch-size {cfg.sft_batch_size} must "
                  f"be multiples of the {world()} processes (each takes whole groups)")
-    if cfg.max_sample_batches < 1:
-        sys.exit(f"--max-sample-batches {cfg.max_sample_batches}: at least 1 batch a step")
+    if cfg.max_sample_batches < 1 or cfg.first_sample_batches < 1:
+        sys.exit(f"--max-sample-batches {cfg.max_sample_batches} and --first-sample-batches "
+                 f"{cfg.first_sample_batches}: at least 1 batch")
     per_batch = cfg.batch_size * cfg.group_size
     if cfg.rollout_budget % per_batch or cfg.eval_rollouts % per_batch:
         sys.exit(f"--rollout-budget {cfg.rollout_budget} and --eval-rollouts {cfg.eval_rollouts} "
@@ -247,8 +248,8 @@ def gain(before, after):
 # ----------------------------------------------------------------------------
 # The command line: every Config field is a flag
 
-CHOICES = {"method": ["grpo", "sft"], "precision": PRECISIONS, "reward": VARIANTS,
-           "advantage": ["grpo", "dr_grpo"]}
+CHOICES = {"method": ["grpo", "sft"], "precision": PRECISIONS, "sft_precision": PRECISIONS,
+           "reward": VARIANTS, "advantage": ["grpo", "dr_grpo"]}
 
 
 def suite_name(value):

@@ -54,6 +54,7 @@ class Config:
     sft_batch_size: int = 8         # teacher trajectories per SFT step
     group_size: int = 4             # G rollouts per question
     max_sample_batches: int = 1     # >1: DAPO's dynamic sampling, up to this many batches a step
+    first_sample_batches: int = 1   # ... the first draw generates this many at once
     lr: float = 1e-5
     sft_lr: float = 1e-4
     advantage: str = "grpo"         # grpo: (r - mean) / std | dr_grpo: r - mean (Dr. GRPO)
@@ -75,6 +76,7 @@ class Config:
     save_every: int = 2
     seed: int = 0
     precision: str = "auto"         # matmuls in bf16 where fast (model.compute_dtype) | fp32 | bf16
+    sft_precision: str = None       # the SFT steps' matmuls; None: as precision
     out: str = "runs/default"
     device: str = None
     resume: bool = False
@@ -82,15 +84,14 @@ class Config:
     fsdp: bool = False              # shard decoder layers over the ranks (distributed.py)
 
 
-# --preset: cpu (make train): dynamic sampling, under which GRPO learned on 2 CPU cores; 200
-# held-out problems (CI about +-0.08 on a +0.2 gain); a 1.6 GB checkpoint every 5 steps; fp32,
-# as a step of lr 1e-5 is below bf16's spacing (results/make-train-fast). gpu: one GPU, no SFT.
-PRESETS = {"cpu": dict(max_sample_batches=4, eval_n=200, eval_every=5, save_every=5,
-                       precision="fp32"),
+# --preset: cpu (make train): dynamic sampling (GRPO learned with it on 2 CPU cores), the first 2
+# batches in one generate call; 200 held-out problems (CI about +-0.08 on a +0.2 gain); RL in
+# fp32 (lr 1e-5 is below bf16's spacing), SFT in bf16 where native (results/make-train-fast).
+PRESETS = {"cpu": dict(max_sample_batches=4, first_sample_batches=2, eval_n=200, save_every=5,
+                       precision="fp32", sft_precision="auto"),
            "gpu": dict(warmup_sft_steps=0, steps=200, batch_size=16, group_size=8, lr=1e-6,
                        max_new_tokens=512, max_total_tokens=1536, micro_batch=16,
-                       micro_batch_tokens=8192, grad_checkpointing=True, eval_n=200,
-                       save_every=25)}
+                       micro_batch_tokens=8192, grad_checkpointing=True, eval_n=200, save_every=25)}
 
 
 # ----------------------------------------------------------------------------
@@ -135,17 +136,14 @@ def tis_weights(old_logp, sampler_logp, cap):
 
 def grpo_loss(logp, old_logp, ref_logp, advantages, mask, clip_eps=0.2, kl_coef=0.001,
               is_weights=None):
-    """Clipped GRPO surrogate + k3 KL, averaged over all generated tokens of the batch.
-
-    Args:
+    """Clipped GRPO surrogate + k3 KL, averaged over all generated tokens of the batch
+    -> (loss: a scalar, the token mean; metrics: dict). Args:
         logp:       (N, T) log pi_theta(token), with grad
         old_logp:   (N, T) log pi at rollout time (no grad)
         ref_logp:   (N, T) log pi_ref, or None when kl_coef == 0
         advantages: (N,)   one advantage per rollout, broadcast over its tokens
         mask:       (N, T) 1 on tokens the model generated, 0 on prompt, tool responses, padding
         is_weights: (N, T) importance weights of the surrogate (tis_weights), or None
-    Returns:
-        loss (scalar, token mean), metrics dict
     """
     ratio = torch.exp(logp - old_logp)                                     # (N, T)
     A = advantages[:, None]                                                # (N, 1)
@@ -176,15 +174,14 @@ def batch_share(loss, metrics, mask, n_tokens):
 # Steps
 
 def sft_step(model, opt, tok, trajs, cfg):
-    """One optimizer step of SFT on teacher trajectories [(prompt_ids, ids, mask)] -> metrics.
-    Under torchrun each rank takes its share of them (distributed.py)."""
+    """One SFT step on teacher trajectories [(prompt_ids, ids, mask)], a share a rank -> metrics."""
     model.train()
     opt.zero_grad()
     batch = make_batch(my_share(trajs), cfg.micro_batch, tok.pad_token_id, model.device,
                        cfg.micro_batch_tokens)
     n_tokens = all_sum(batch.n_tokens)             # the token mean is over every rank's tokens
     m = backward(model, batch, lambda k, mb, logp: batch_share(sft_loss(logp, mb.mask), {},
-                 mb.mask, n_tokens), compute_dtype(model.device, cfg.precision))
+                 mb.mask, n_tokens), compute_dtype(model.device, cfg.sft_precision or cfg.precision))
     sync_gradients(model)
     clip_grad_norm(model, 1.0)
     opt.step()
@@ -195,20 +192,24 @@ def sample_groups(policy, tok, suite, problems, cfg, draw):
     """Roll out and score group_size samples of each question -> (the rollouts to train on,
     their (B, G) rewards, every rollout sampled, its (reward, parts), each batch's rewards).
     Dynamic sampling (DAPO), max_sample_batches > 1: a flat group teaches nothing, yet AdamW's
-    step is full-size even when one group has signal; so while fewer than batch_size groups
-    have signal, draw() another batch (up to the cap) and train on the first batch_size."""
+    step is full-size even when one group has signal; so while fewer than batch_size groups have
+    signal, draw() another batch (up to the cap; the first first_sample_batches in one generate
+    call: more rows, faster a token) and train on the first batch_size."""
     G, share = cfg.group_size, cfg.batch_size // world()
     sampled, scores, batches, keep, keep_rewards = [], [], [], [], []
     while True:
-        batch = my_share(problems if not batches else draw())
-        rollouts = generate_rollouts(policy, tok, batch, suite.tools, suite.schemas,
+        n = min(cfg.first_sample_batches, cfg.max_sample_batches) if not batches else 1
+        drawn = [problems] + [draw() for _ in range(n - 1)] if not batches else [draw()]
+        questions = [q for b in drawn for q in my_share(b)]
+        rollouts = generate_rollouts(policy, tok, questions, suite.tools, suite.schemas,
                                      group_size=G, max_turns=cfg.max_turns,
                                      max_new_tokens=cfg.max_new_tokens,
                                      max_total_tokens=cfg.max_total_tokens,
                                      temperature=cfg.temperature)
         scored = [compute_reward(cfg.reward, r, suite) for r in rollouts]
-        rewards = torch.tensor([s for s, _ in scored]).view(len(batch), G)         # (B, G)
-        sampled, scores, batches = sampled + rollouts, scores + scored, batches + [rewards]
+        rewards = torch.tensor([s for s, _ in scored]).view(len(questions), G)     # (n*B, G)
+        sampled, scores = sampled + rollouts, scores + scored
+        batches += list(rewards.split(len(questions) // n))
         if cfg.max_sample_batches == 1:          # plain GRPO: flat groups get advantage 0
             return rollouts, rewards, sampled, scores, batches
         for i in has_signal(rewards).nonzero().flatten().tolist()[:share - len(keep_rewards)]:
@@ -285,8 +286,7 @@ def policy_update(model, ref_model, opt, pad_id, seqs, adv, cfg):
 def run_sft(run, cfg, steps):
     """SFT steps run.step..steps on the teacher's trajectories (warm start or the SFT baseline)."""
     trajs = trajectories(cfg.teacher, run.suite, run.tok)
-    bar = tqdm(range(run.step, steps), desc="sft warm start" if cfg.method == "grpo" else "sft",
-               disable=not is_main())
+    bar = tqdm(range(run.step, steps), desc="sft", disable=not is_main())
     for step in bar:
         t0 = time.time()
         batch = random.sample(trajs, min(cfg.sft_batch_size, len(trajs)))

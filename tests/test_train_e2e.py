@@ -71,6 +71,25 @@ def test_bf16_grpo_step_keeps_fp32_weights(math_suite, monkeypatch):
                if "rotary" not in k)
 
 
+def test_sft_steps_compute_in_sft_precision(monkeypatch):
+    """--sft-precision sets the SFT steps' matmuls alone (the cpu preset: bf16 where native,
+    RL in fp32); unset, SFT computes as --precision says. The weights stay fp32 and move."""
+    tok, model = tiny_llama_with_real_tokenizer()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    ids = tok("What is 2 + 3? \\boxed{5}")["input_ids"]
+    trajs = [(ids[:4], ids[4:], [1] * len(ids[4:]))] * 2
+    dtypes = []
+    backward = train.backward
+    monkeypatch.setattr(train, "backward",
+                        lambda m, b, f, dtype: dtypes.append(dtype) or backward(m, b, f, dtype))
+    before = next(model.parameters()).clone()
+    for sft_precision in ("bf16", None):
+        train.sft_step(model, opt, tok, trajs, Config(precision="fp32", sft_precision=sft_precision))
+    assert dtypes == [torch.bfloat16, torch.float32]
+    w = next(model.parameters())
+    assert w.dtype == torch.float32 and not torch.equal(w, before)
+
+
 def test_dynamic_sampling_draws_until_enough_groups_have_signal(math_suite, monkeypatch):
     """max_sample_batches > 1 (DAPO): flat groups are skipped and more batches drawn until
     batch_size groups have signal, or the cap; the loss sees only those groups."""
@@ -78,20 +97,35 @@ def test_dynamic_sampling_draws_until_enough_groups_have_signal(math_suite, monk
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     questions = math_suite.split("train")
 
-    def run(rewards, cap):
+    calls = []                                   # questions per generate call
+    generate = train.generate_rollouts
+    monkeypatch.setattr(train, "generate_rollouts",
+                        lambda p, t, qs, *a, **k: calls.append(len(qs)) or generate(p, t, qs, *a, **k))
+
+    def run(rewards, cap, first=1):
         cfg = Config(**dict(TINY, batch_size=2, group_size=2, max_new_tokens=4,
-                            max_total_tokens=8), precision="fp32", max_sample_batches=cap)
+                            max_total_tokens=8), precision="fp32", max_sample_batches=cap,
+                     first_sample_batches=first)
         it = iter(rewards)
         monkeypatch.setattr(train, "compute_reward", lambda *a: (next(it), {}))
         draws = iter(range(2, 100, 2))
         draw = lambda: questions[next(draws):][:2]              # noqa: E731
+        calls.clear()
         return train.grpo_step(model, None, opt, tok, math_suite, questions[:2], cfg, draw)
 
     # batch 1: two flat groups; batch 2: one with signal, one flat; batch 3: two with signal
     m = run([0.1, 0.1, 0.0, 0.0] + [0.0, 1.0, 0.1, 0.1] + [0.1, 0.16, 1.0, 0.1], cap=4)
-    assert m["sample_batches"] == 3
+    assert m["sample_batches"] == 3 and calls == [2, 2, 2]
     assert m["trained_rows"] == 4                # 2 groups with signal, the third one not kept
     assert m["groups_with_signal"] == 3 / 6      # over every group sampled
+    # the same draws, the first two batches generated at once: the same batches and groups
+    m = run([0.1, 0.1, 0.0, 0.0] + [0.0, 1.0, 0.1, 0.1] + [0.1, 0.16, 1.0, 0.1], cap=4, first=2)
+    assert calls == [4, 2] and m["sample_batches"] == 3
+    assert m["trained_rows"] == 4 and m["groups_with_signal"] == 3 / 6
+    # ... where the first batch had enough, the second is drawn all the same (its cost)
+    m = run([0.0, 1.0, 0.1, 0.2] + [0.0, 1.0, 0.1, 0.1], cap=4, first=2)
+    assert calls == [4] and m["sample_batches"] == 2 and m["groups_with_signal"] == 3 / 4
+    assert m["trained_rows"] == 4
     # the cap: only one group with signal in 2 batches, the step trains on it alone
     m = run([0.1, 0.1, 0.0, 0.0] + [0.0, 1.0, 0.1, 0.1], cap=2)
     assert m["sample_batches"] == 2 and m["trained_rows"] == 2
@@ -160,6 +194,7 @@ def test_preset_is_explicit_and_flags_win(monkeypatch):
     assert train.parse_args(["--preset", "cpu"]).lr == train.Config.lr
     # the cpu preset samples dynamically (make train-long); a Config built in code does not
     assert cpu.max_sample_batches == 4 and train.Config.max_sample_batches == 1
+    assert (cpu.first_sample_batches, cpu.precision, cpu.sft_precision) == (2, "fp32", "auto")
     assert train.parse_args(["--max-sample-batches", "1"]).max_sample_batches == 1
     with pytest.raises(SystemExit):
         train.parse_args(["--preset", "tpu"])
