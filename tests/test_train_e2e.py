@@ -194,7 +194,7 @@ def test_preset_is_explicit_and_flags_win(monkeypatch):
     assert train.parse_args(["--preset", "cpu"]).lr == train.Config.lr
     # the cpu preset samples dynamically (make train-long); a Config built in code does not
     assert cpu.max_sample_batches == 4 and train.Config.max_sample_batches == 1
-    assert (cpu.first_sample_batches, cpu.precision, cpu.sft_precision) == (2, "fp32", "auto")
+    assert (cpu.first_sample_batches, cpu.precision, cpu.sft_precision) == (1, "fp32", None)
     assert train.parse_args(["--max-sample-batches", "1"]).max_sample_batches == 1
     with pytest.raises(SystemExit):
         train.parse_args(["--preset", "tpu"])
