@@ -72,8 +72,8 @@ def test_bf16_grpo_step_keeps_fp32_weights(math_suite, monkeypatch):
 
 
 def test_sft_steps_compute_in_sft_precision(monkeypatch):
-    """--sft-precision sets the SFT steps' matmuls alone (the cpu preset: bf16 where native,
-    RL in fp32); unset, SFT computes as --precision says. The weights stay fp32 and move."""
+    """--sft-precision sets the SFT steps' matmuls alone (e.g. auto: bf16 where native, with RL
+    in fp32); unset, SFT computes as --precision says. The weights stay fp32 and move."""
     tok, model = tiny_llama_with_real_tokenizer()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     ids = tok("What is 2 + 3? \\boxed{5}")["input_ids"]
