@@ -136,7 +136,10 @@ def test_chunked_logprobs_equal_the_whole_computation(tiny_model, monkeypatch):
 
 
 def test_grad_checkpointing_gives_the_same_gradient(tiny_model):
-    """engine.backward with a shared prefix, per-layer recomputation on and off."""
+    """engine.backward with a shared prefix, per-layer recomputation on and off. Checkpointed
+    layers read the prefix through SDPA over [prefix ; row] instead of the split kernel, so
+    the two agree to fp32 rounding, not bit for bit (an AVX-512 EPYC: 6e-6 relative on one
+    element of 2,048 after the tests before it had run)."""
     seqs = [(list(range(1, 9)) + [10 + i], list(range(20, 25 + i)), [0] + [1] * (4 + i))
             for i in range(4)]
     grads = []
@@ -151,7 +154,7 @@ def test_grad_checkpointing_gives_the_same_gradient(tiny_model):
     engine.set_grad_checkpointing(tiny_model, False)
     assert grads[0][0] == grads[1][0]
     for a, b in zip(grads[0][1], grads[1][1]):
-        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-8)
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
 
 
 def test_micro_batches_are_bounded_by_rows_and_tokens():
