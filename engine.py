@@ -327,8 +327,8 @@ def feed(model, batch, chunks):
 class DecodeWeights:
     """A Llama or Qwen2 model's weights as decode_forward reads them: q, k and v stacked
     into one matrix and gate and up into another, so a layer is 4 matmuls instead of 7.
-    Built per generate() call (a copy of the decoder's matmul weights, packed on a CPU in bf16:
-    0.1-0.17 s for 135M)."""
+    Built per generate() call (a copy of the decoder's matmul weights, packed on a CPU:
+    0.1-0.17 s for 135M in bf16, 0.3 s in fp32)."""
 
     ARCHITECTURES = ("LlamaForCausalLM", "Qwen2ForCausalLM")
 
@@ -363,19 +363,20 @@ class DecodeWeights:
 
 
 class Linear:
-    """x @ weight.T + bias as decode_forward calls it. On a CPU in bf16 the weight is also
-    packed once (per generate() call) into oneDNN's blocked layout, where F.linear passes it
-    row-major on every call: a tool-prompt decode step of 32 rows took 76 ms against 87, of
-    one row 42 against 52 (medians of 4 interleaved runs, AVX-512 Xeon). Elsewhere F.linear.
-    tests/test_rollout.py compares the two."""
+    """x @ weight.T + bias as decode_forward calls it. On a CPU (fp32, or bf16 where native)
+    the weight is also packed once (per generate() call) into oneDNN's blocked layout, where
+    F.linear passes it row-major on every call: in bf16 a tool-prompt decode step of 32 rows
+    took 76 ms against 87, of one row 42 against 52 (medians of 4 interleaved runs, AVX-512
+    Xeon); in fp32 a 32-row rollout ran 20-30% faster, also with the instruction set capped to
+    AVX2 (AVX-512 EPYC, 2026-12-06). Elsewhere F.linear. tests/test_rollout.py compares them."""
 
     PACK_ROWS = 32          # the row count oneDNN blocks the packed weight for (any count works)
 
     def __init__(self, weight, bias=None):
         self.weight, self.bias, self.packed = weight, bias, None
-        if weight.device.type == "cpu" and weight.dtype == torch.bfloat16 \
-                and torch.backends.mkldnn.is_available() \
-                and torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        if weight.device.type == "cpu" and torch.backends.mkldnn.is_available() \
+                and (weight.dtype == torch.float32 or weight.dtype == torch.bfloat16
+                     and torch.ops.mkldnn._is_mkldnn_bf16_supported()):
             self.packed = torch.ops.mkldnn._reorder_linear_weight(weight, self.PACK_ROWS)
 
     @classmethod
