@@ -13,6 +13,7 @@ gives the counts: steps, batches drawn, tokens generated per rollout, evaluation
 tool-response tokens per generated token are the teacher's ratio. Time = FLOPs /
 bench.matmul_gflops (a 2048^3 fp32 matmul, the best case).
 """
+import copy
 import json
 import os
 import random
@@ -48,14 +49,13 @@ def main(run_dir):
     suite = load_suite(cfg.suite)
     trajs = trajectories(cfg.teacher, suite, tok)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
-    fp32 = Config(precision="fp32", micro_batch=cfg.micro_batch)
     f_sft = counted(lambda: sft_step(model, opt, tok, random.sample(trajs, cfg.sft_batch_size),
-                                     fp32))
+                                     cfg))
     rows = cfg.batch_size * cfg.group_size
     seqs = [(p, i, m, [0.0] * len(i)) for p, i, m in random.sample(trajs, rows)]
-    ref = load_model(cfg.student)[1].requires_grad_(False)
+    ref = copy.deepcopy(model).requires_grad_(False)        # the KL reference: same shapes
     f_update = counted(lambda: policy_update(model, ref, opt, tok.pad_token_id, seqs,
-                                             torch.ones(rows), fp32))
+                                             torch.ones(rows), cfg))
 
     head = model.get_output_embeddings().weight.numel()
     decoder = sum(p.numel() for p in model.get_decoder().parameters()) \
