@@ -19,6 +19,7 @@ import json
 import os
 import random
 import sys
+import time
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -96,8 +97,10 @@ class Run:
             policy = unsharded(self.model)                # every rank: a collective under --fsdp
             if is_main():                                 # the other ranks wait
                 release_memory()                          # the training steps' dead heap
+                t0 = time.time()
                 self.evals[name] = accuracy(policy, self.tok, self.suite, self.test_set[:n],
                                             self.cfg)
+                self.evals[name]["eval_minutes"] = (time.time() - t0) / 60
                 self.evals[name]["train_minutes"] = self.train_seconds / 60   # time-to-accuracy
                 self.evals[name]["rollouts"] = self.rollouts
                 write_json(self.path("evals.json"), self.evals)
@@ -229,10 +232,25 @@ def finish(run, sft_steps, rl_steps):
             print(f"RL phase ({run.step} GRPO steps, {run.rollouts} rollouts, {cfg.reward} "
                   f"reward), {where}: "
                   f"{gain(evals['rl_start'], evals['end'])}")
+    print(time_spent(run.path("metrics.jsonl"), evals))
     write_json(run.path("result.json"), result)      # replicate.py: the run is done
     plot_training(run.path("metrics.jsonl"), run.path("curves.png"), evals)
     teardown()
     return result
+
+
+def time_spent(metrics_path, evals):
+    """Where the run's minutes went, from metrics.jsonl's step times and each evaluation's own
+    -> 'minutes: SFT 6.3 | GRPO 26.8 (rollouts 11.8) | 4 evaluations 5.1' (loading the model,
+    checkpoints and the plot not counted; what a resumed run repeated, not counted twice)."""
+    with open(metrics_path) as f:
+        rows = [json.loads(line) for line in f]
+    minutes = {phase: sum(r["step_time"] for r in rows if r["phase"] == phase) / 60
+               for phase in ("sft", "grpo")}
+    rollouts = sum(r["rollout_time"] for r in rows if r["phase"] == "grpo") / 60
+    timed = [e["eval_minutes"] for e in evals.values() if "eval_minutes" in e]
+    return (f"minutes: SFT {minutes['sft']:.1f} | GRPO {minutes['grpo']:.1f} (rollouts "
+            f"{rollouts:.1f}) | {len(timed)} evaluations {sum(timed):.1f}")
 
 
 def gain(before, after):

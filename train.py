@@ -110,11 +110,11 @@ def has_signal(rewards):
 def group_advantages(rewards, kind="grpo", eps=1e-6):
     """(B, G) rewards -> (B, G) advantages: (r - mean) / (std + eps) within each group (GRPO),
     or r - mean (kind "dr_grpo": Dr. GRPO, no division, so a small reward gap stays small).
-
-    std is the population std (unbiased=False). A flat group (or a group of one) gets exactly
-    0, set explicitly: in float32 the mean of 8 rewards of 0.16 is not exactly 0.16, and
-    (r - mean) / eps would turn that rounding into advantages of about 0.01-0.06.
+    std is the population std. A flat group (or a group of one) gets exactly 0, set explicitly:
+    float32's mean of 8 rewards of 0.16 is not 0.16, and (r - mean) / eps would make 0.01-0.06.
     """
+    if not len(rewards):                        # no group kept (0, G): std() of nothing warns
+        return rewards.clone()
     centred = rewards - rewards.mean(1, keepdim=True)                     # (B, G)
     std = rewards.std(1, unbiased=False, keepdim=True)                     # (B, 1)
     adv = centred / (std + eps) if kind == "grpo" else centred

@@ -5,6 +5,7 @@ import os
 import pytest
 import torch
 
+import runs
 import train
 from runs import save_checkpoint
 from train import Config
@@ -18,7 +19,7 @@ def metrics(out):
         return [json.loads(line) for line in f]
 
 
-def test_grpo_with_warm_start_runs_and_logs_everything(tmp_path):
+def test_grpo_with_warm_start_runs_and_logs_everything(tmp_path, capsys):
     out = str(tmp_path / "mentor")
     # precision 'auto': bf16 matmuls on an AVX-512 CPU, fp32 on an AVX2-only one (where bf16
     # is ~4x slower); the bf16 path is pinned on a tiny model below, whatever the CPU
@@ -31,6 +32,15 @@ def test_grpo_with_warm_start_runs_and_logs_everything(tmp_path):
     assert rows[-1]["clip_frac"] == 0.0  # one PPO epoch: ratio is exactly 1
     assert set(result) >= {"start", "rl_start", "end"}
     assert len(result["end"]["correct"]) == result["eval_problems"] == 2
+    # where the minutes went: the step times logged and each evaluation's own
+    said = capsys.readouterr().out.splitlines()
+    evals = {k: result[k] for k in ("start", "rl_start", "end")}
+    assert said[-1] == runs.time_spent(os.path.join(out, "metrics.jsonl"), evals)
+    assert all(e["eval_minutes"] > 0 for e in evals.values())
+    sft, grpo = (sum(r["step_time"] for r in rows if r["phase"] == p) / 60 for p in ("sft", "grpo"))
+    assert said[-1].startswith(f"minutes: SFT {sft:.1f} | GRPO {grpo:.1f} (rollouts ")
+    assert said[-1].endswith(
+        f" | 3 evaluations {sum(e['eval_minutes'] for e in evals.values()):.1f}")
     assert os.path.getsize(os.path.join(out, "curves.png")) > 1000
     # the run folder is a model: evaluate/load_model read it back
     from model import load_model

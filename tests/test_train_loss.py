@@ -1,5 +1,6 @@
 """The GRPO objective, pinned by hand computations on tiny tensors and a tiny random model."""
 import math
+import warnings
 
 import pytest
 import torch
@@ -16,6 +17,9 @@ def test_group_advantages_by_hand():
     assert torch.allclose(adv[0], torch.tensor([1.0, -1.0, -1.0, 1.0]), atol=1e-5)
     assert torch.equal(adv[1], torch.zeros(4))            # all equal: exactly 0
     assert torch.equal(group_advantages(torch.tensor([[0.7]])), torch.zeros(1, 1))  # group of one
+    with warnings.catch_warnings():                  # no group kept: no advantages, no warning
+        warnings.simplefilter("error")
+        assert group_advantages(torch.zeros(0, 4)).shape == (0, 4)
     # groups of 8 equal rewards: float32's mean of them is off by ~1e-8, which (r - mean) / eps
     # would blow up to advantages of 0.01-0.06; they must stay exactly 0
     for v in (0.1, 0.16, 0.7, 0.86):
