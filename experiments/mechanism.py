@@ -25,8 +25,10 @@ evaluates the tool use of all four (MENTOR, sparse, sft, sft-slow) greedily in d
 and out of domain (TOOL_SUITES), keeping each problem's tool set, for paired CIs of tool-set
 match and tool-JSD.
 
-Runs (checkpoints) go under runs/mechanism/, what is worth keeping (evals, metrics, settings)
-under results/mechanism/CELL/ as each run finishes; a run whose results are there is not
+Runs (checkpoints) go under runs/NAME/, what is worth keeping (evals, metrics, settings)
+under results/NAME/CELL/ as each run finishes (--name, default mechanism-fp32: the cpu preset
+computes in fp32 since c1de1b5; results/mechanism/ holds the earlier bf16 study, whose tables
+`--name mechanism --report` regenerates); a run whose results are there is not
 trained again, an unfinished one resumes from its checkpoint (train.py --resume). A warm start
 retrained in another session must give the same SFT losses as the recorded one before a run
 is paired with one trained from the recorded one (on another kind of CPU it does not).
@@ -61,7 +63,7 @@ BASELINES = {"sft": (), "sft-slow": ("--sft-lr", Config.lr)}       # SFT's lr, a
 ARMS = REWARDS + tuple(BASELINES)
 TOOL_SUITES = {"math": EVAL_N, "retrieval": 100, "bfcl": 100, "shop": 100, "dates": 100,
                "lookup": 100}                                     # problems: the first ones
-RUNS, RESULTS = "runs/mechanism", "results/mechanism"
+RUNS, RESULTS = "runs/mechanism-fp32", "results/mechanism-fp32"     # --name sets both
 KEPT = ("evals.json", "metrics.jsonl", "run.json")
 
 
@@ -270,7 +272,11 @@ def main():
     ap.add_argument("--baselines", action="store_true",
                     help="also SFT and sft-slow from each warm start, and every arm's tool use")
     ap.add_argument("--report", action="store_true", help="tables and figure only")
+    ap.add_argument("--name", default="mechanism-fp32",
+                    help="runs/NAME and results/NAME (mechanism: the bf16 study)")
     args = ap.parse_args()
+    global RUNS, RESULTS
+    RUNS, RESULTS = f"runs/{args.name}", f"results/{args.name}"
     for cell in [] if args.report else args.cell:
         for seed in args.seeds:
             run_seed(cell, seed, args.rewards + (list(BASELINES) if args.baselines else []))

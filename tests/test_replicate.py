@@ -507,7 +507,7 @@ def test_mechanism_tool_use_resumes_and_pairs_every_arm_with_mentor(tmp_path, mo
         return results
     monkeypatch.setattr(mechanism, "evaluate_model", fake_evaluate_model)
     for arm in mechanism.ARMS:
-        run = tmp_path / "runs" / "mechanism" / "weak" / "s0" / arm
+        run = tmp_path / mechanism.RUNS / "weak" / "s0" / arm
         run.mkdir(parents=True)
         (run / "checkpoint.pt").write_text("")
         os.makedirs(mechanism.kept("weak", 0, arm))
