@@ -56,17 +56,23 @@ def _sample(logits, temperature):
     """(N, V) logits -> (N,) token ids, and (N,) their log-probs at temperature 1 (the
     distribution the loss's ratio is taken over: train.py records them as the sampler's).
     Inverse-CDF sampling: one uniform number per row, 5x cheaper than torch.multinomial,
-    which draws V exponentials per row."""
+    which draws V exponentials per row. The CDF is of exp(logits - max) left unnormalised (u
+    is drawn up to its total), and at temperature 1 that total gives the log-sum-exp: two
+    passes over (N, V) fewer than softmax then logsumexp (32 x 49,152: 6.1-6.3 against
+    8.7-10.1 ms, AVX-512 EPYC)."""
     logits = logits.float()
     if temperature == 0:
         ids = logits.argmax(-1)
+        lse = logits.logsumexp(-1)
     else:
-        cdf = torch.softmax(logits / temperature, -1).cumsum(-1)     # (N, V)
+        m = logits.amax(-1, keepdim=True)                              # (N, 1)
+        x = logits - m
+        cdf = (x if temperature == 1 else x.div_(temperature)).exp_().cumsum(-1)   # (N, V)
         u = torch.rand(len(cdf), 1, device=cdf.device) * cdf[:, -1:]  # (N, 1) in [0, total)
         # first token whose cdf exceeds u (right=True never picks a zero-probability token)
         ids = torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp(max=cdf.shape[-1] - 1)
-    logp = logits.gather(1, ids[:, None])[:, 0] - logits.logsumexp(-1)
-    return ids, logp
+        lse = m[:, 0] + cdf[:, -1].log() if temperature == 1 else logits.logsumexp(-1)
+    return ids, logits.gather(1, ids[:, None])[:, 0] - lse
 
 
 def shared_prefix_length(prompts, lengths):

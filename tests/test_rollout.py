@@ -144,6 +144,12 @@ def test_sampling_follows_the_distribution():
     assert torch.allclose(logp, p[ids].log())                        # each token's log-prob
     ids, logp = _sample(logits[:3] * 2, 0)                           # temperature 0: argmax,
     assert (ids == 0).all() and torch.allclose(logp, torch.log_softmax(logits[0] * 2, -1)[0])
+    # temperature 0.5 samples from p^2 / sum(p^2) and still reports log p (temperature 1);
+    # logits shifted by 100 (exp(100) is past fp32's range) give the same: the max is taken out
+    ids, logp = _sample(logits + 100, 0.5)
+    freq = torch.bincount(ids, minlength=5) / 40_000
+    assert torch.allclose(freq, p ** 2 / (p ** 2).sum(), atol=0.01) and freq[4] == 0
+    assert torch.allclose(logp, p[ids].log(), atol=1e-5)
 
 
 def test_growing_kv_matches_concatenation_across_growth_repeat_and_drop():
