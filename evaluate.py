@@ -203,7 +203,8 @@ def accuracy(model, tok, suite, problems, cfg, batch_size=200):
     limits, sampled as its rollouts are (from a bf16 copy where bf16 is native): the rates of
     rollout_metrics and each problem's 0/1 ("correct"). More rows at a time read each weight
     once for more tokens: 100 problems in 31 s against 38 s in batches of 50 (bf16, 2-core
-    Xeon); 200 in 171 s against 182 s in batches of 100, the same accuracy and tokens (fp32, EPYC)."""
+    Xeon); 200 in 171 s against 182 s in batches of 100, the same accuracy and tokens (fp32,
+    EPYC)."""
     model.eval()
     policy = rollout_weights(model, compute_dtype(model.device, cfg.precision))
     rs = greedy_rollouts(policy, tok, suite, problems, batch_size, max_turns=cfg.max_turns,
