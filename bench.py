@@ -18,7 +18,8 @@ Measured, each in its own subprocess so peak memory is its own:
   decode  rollout tokens/s: ours vs plain HF generate (same weights), against the memory-bandwidth
           bound (bytes of weights read per decode step / measured bandwidth) and a
           roofline that also counts ~2 flops per parameter per row (measured matmul);
-          and ours with one row, where the bandwidth bound is the binding one
+          the same rows' decode steps alone (no prefill, no row stopping early); and ours
+          with one row, where the bandwidth bound is the binding one
 
 Times are per step after --warmup untimed steps; median and spread over --reps.
 TRL is installed only here (requirements-bench.txt, .venv-bench).
@@ -157,7 +158,7 @@ def matmul_gflops(device, dtype, n=2048):
 
 def worker_decode(args):
     from model import compute_dtype, load_model, rollout_weights
-    from engine import feed, prefill
+    from engine import _sample, feed, prefill, shared_prefix_length
     from rollout import encode_prompt, generate_rollouts
     torch.manual_seed(0)
     tok, model = load_model(args.student, device=args.device)
@@ -173,18 +174,29 @@ def worker_decode(args):
                                max_new_tokens=args.completion, max_total_tokens=args.completion)
         ours.append(sum(r.n_generated for r in rs) / (time.perf_counter() - t0))
     out["ours_tok_s"] = ours
-    # One row alone, where a decode step is bound by reading the weights rather than by
-    # compute: the rollout's own forward (engine.feed), greedy, after the prompt.
-    one = []
-    with torch.inference_mode():
-        for _ in range(args.reps):
-            prompt = encode_prompt(tok, problems[0]["question"], suite.schemas)
-            batch, logits = prefill(model, prompt[:-1], [prompt[-1:]])
-            t0 = time.perf_counter()
-            for _ in range(args.completion):
-                logits = feed(model, batch, [[int(logits.argmax())]])
-            one.append(args.completion / (time.perf_counter() - t0))
-    out["ours_1row_tok_s"] = one
+
+    def decode_steps(questions, group, temperature):
+        """tok/s of args.completion decode steps (engine.feed, the rollout's own forward) after
+        the prompts' prefill, which is not timed; every row decodes every step."""
+        prompts = [encode_prompt(tok, p["question"], suite.schemas) for p in questions]
+        P = shared_prefix_length(prompts, [len(p) for p in prompts])
+        tok_s = []
+        with torch.inference_mode():
+            for _ in range(args.reps):
+                batch, logits = prefill(model, prompts[0][:P], [p[P:] for p in prompts])
+                batch.repeat(group)
+                logits = logits.repeat_interleave(group, 0)
+                t0 = time.perf_counter()
+                for _ in range(args.completion):
+                    ids, _ = _sample(logits, temperature)
+                    logits = feed(model, batch, [[t] for t in ids.tolist()])
+                tok_s.append(len(logits) * args.completion / (time.perf_counter() - t0))
+        return tok_s
+    # The rollout's rows without its prefill and without rows that stop early (the compute-
+    # bound step the roofline describes), and one row alone, greedy, where a step is bound by
+    # reading the weights rather than by compute.
+    out["ours_steps_tok_s"] = decode_steps(problems, args.group_size, 1.0)
+    out["ours_1row_tok_s"] = decode_steps(problems[:1], 1, 0)
     prompts = [tok.decode(encode_prompt(tok, p["question"], suite.schemas)) for p in rows]
     tok.padding_side = "left"
     enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
@@ -272,16 +284,21 @@ def main():
                      f"{d['bandwidth_gbs']:.1f} GB/s) | {d['bound_tok_s']:.0f} | | |")
         lines.append(f"| roofline (tok/s: also ~2 flops/param/row at {d['dtype']} "
                      f"{d['matmul_gflops']:.0f} GFLOP/s) | {d['roofline_tok_s']:.0f} | | |")
+        steps = med(d["ours_steps_tok_s"])
+        lines.append(f"| ours decode steps, {d['rows']} rows (tok/s, no prefill) | {steps[0]:.1f} | "
+                     f"{steps[1][0]:.1f} - {steps[1][1]:.1f} | |")
         m, (lo, hi) = med(d["ours_1row_tok_s"])
         lines.append(f"| ours decode, 1 row (tok/s, no prefill) | {m:.1f} | {lo:.1f} - {hi:.1f} | |")
         lines.append(f"| bandwidth bound, 1 row (tok/s) | {d['bound_tok_s'] / d['rows']:.0f} | | |")
         res["decode_fraction_of_bound"] = med(d["ours_tok_s"])[0] / d["bound_tok_s"]
         res["decode_fraction_of_roofline"] = med(d["ours_tok_s"])[0] / d["roofline_tok_s"]
         res["decode_1row_fraction_of_bound"] = m / (d["bound_tok_s"] / d["rows"])
+        res["decode_steps_fraction_of_roofline"] = steps[0] / d["roofline_tok_s"]
     print("\n".join(lines))
     if "decode" in res:
         print(f"ours decode / bandwidth bound = {res['decode_fraction_of_bound']:.3f}; "
-              f"/ roofline = {res['decode_fraction_of_roofline']:.3f}; "
+              f"/ roofline = {res['decode_fraction_of_roofline']:.3f} (decode steps alone: "
+              f"{res['decode_steps_fraction_of_roofline']:.3f}); "
               f"1 row / its bandwidth bound = {res['decode_1row_fraction_of_bound']:.3f}")
     if "ours" in res and "trl" in res:
         res["ratio_ours_over_trl"] = med(res["ours"]["step_s"])[0] / med(res["trl"]["step_s"])[0]
