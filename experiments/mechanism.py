@@ -63,7 +63,8 @@ BASELINES = {"sft": (), "sft-slow": ("--sft-lr", Config.lr)}       # SFT's lr, a
 ARMS = REWARDS + tuple(BASELINES)
 TOOL_SUITES = {"math": EVAL_N, "retrieval": 100, "bfcl": 100, "shop": 100, "dates": 100,
                "lookup": 100}                                     # problems: the first ones
-RUNS, RESULTS = "runs/mechanism-fp32", "results/mechanism-fp32"     # --name sets both
+NAME = "mechanism-fp32"      # the study: runs/NAME, results/NAME (--name; mechanism: the bf16 one)
+RUNS, RESULTS = f"runs/{NAME}", f"results/{NAME}"
 KEPT = ("evals.json", "metrics.jsonl", "run.json")
 
 
@@ -272,7 +273,7 @@ def main():
     ap.add_argument("--baselines", action="store_true",
                     help="also SFT and sft-slow from each warm start, and every arm's tool use")
     ap.add_argument("--report", action="store_true", help="tables and figure only")
-    ap.add_argument("--name", default="mechanism-fp32",
+    ap.add_argument("--name", default=NAME,
                     help="runs/NAME and results/NAME (mechanism: the bf16 study)")
     args = ap.parse_args()
     global RUNS, RESULTS
