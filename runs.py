@@ -267,6 +267,7 @@ def gain(before, after):
 # The command line: every Config field is a flag
 
 CHOICES = {"method": ["grpo", "sft"], "precision": PRECISIONS, "sft_precision": PRECISIONS,
+           "update_precision": PRECISIONS,
            "reward": VARIANTS, "advantage": ["grpo", "dr_grpo"]}
 
 

@@ -77,6 +77,7 @@ class Config:
     seed: int = 0
     precision: str = "auto"         # matmuls in bf16 where fast (model.compute_dtype) | fp32 | bf16
     sft_precision: str = None       # the SFT steps' matmuls; None: as precision
+    update_precision: str = None    # the GRPO update's matmuls; None: as precision (the sampler's)
     out: str = "runs/default"
     device: str = None
     resume: bool = False
@@ -254,7 +255,7 @@ def policy_update(model, ref_model, opt, pad_id, seqs, adv, cfg):
     n_tokens = all_sum(sum(sum(m) for _, _, m, _ in seqs))
     if n_tokens == 0:
         return out
-    dtype = compute_dtype(model.device, cfg.precision)
+    dtype = compute_dtype(model.device, cfg.update_precision or cfg.precision)
     batch = make_batch(seqs, cfg.micro_batch, pad_id, model.device, cfg.micro_batch_tokens) \
         if seqs else None
     if batch:

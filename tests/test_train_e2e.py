@@ -1,4 +1,5 @@
 """train.py end to end on the real embedded student, with tiny settings (CPU)."""
+import copy
 import json
 import os
 
@@ -96,6 +97,40 @@ def test_sft_steps_compute_in_sft_precision(monkeypatch):
     for sft_precision in ("bf16", None):
         train.sft_step(model, opt, tok, trajs, Config(precision="fp32", sft_precision=sft_precision))
     assert dtypes == [torch.bfloat16, torch.float32]
+    w = next(model.parameters())
+    assert w.dtype == torch.float32 and not torch.equal(w, before)
+
+
+def test_update_computes_in_update_precision(monkeypatch):
+    """--update-precision sets the GRPO update's matmuls alone (reference and policy forwards);
+    unset, as --precision. The weights stay fp32 and move; in bf16 the fp32 sampler's log-probs
+    and the update's differ (sampler_kl > 0), in fp32 they are the same."""
+    tok, model = tiny_llama_with_real_tokenizer()
+    ref = copy.deepcopy(model).requires_grad_(False)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    ids = tok("What is 2 + 3? \\boxed{5}")["input_ids"]
+    prompt, resp = ids[:4], ids[4:]
+
+    def sampled():                               # as the fp32 sampler logs them, from the weights now
+        with torch.no_grad():
+            logits = model(torch.tensor([ids])).logits[0, len(prompt) - 1:-1].float()
+        logp = logits.log_softmax(-1).gather(1, torch.tensor(resp)[:, None])[:, 0].tolist()
+        return [(prompt, resp, [1] * len(resp), logp)] * 2
+
+    dtypes, logp_dtypes = [], []
+    backward, logprobs = train.backward, train.logprobs
+    monkeypatch.setattr(train, "backward",
+                        lambda m, b, f, dtype: dtypes.append(dtype) or backward(m, b, f, dtype))
+    monkeypatch.setattr(train, "logprobs",
+                        lambda m, b, dtype: logp_dtypes.append(dtype) or logprobs(m, b, dtype))
+    before = next(model.parameters()).clone()
+    kls = []
+    for update_precision in ("bf16", None):
+        cfg = Config(precision="fp32", update_precision=update_precision)
+        kls.append(train.policy_update(model, ref, opt, tok.pad_token_id, sampled(),
+                                       torch.tensor([1.0, -1.0]), cfg)["sampler_kl"])
+    assert dtypes == logp_dtypes == [torch.bfloat16, torch.float32]
+    assert kls[0] > 1e-8 and abs(kls[1]) < 1e-10     # tiny logits: 7e-8 and 0.0 when written
     w = next(model.parameters())
     assert w.dtype == torch.float32 and not torch.equal(w, before)
 
