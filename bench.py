@@ -158,7 +158,7 @@ def matmul_gflops(device, dtype, n=2048):
 
 def worker_decode(args):
     from model import compute_dtype, load_model, rollout_weights
-    from engine import _sample, feed, prefill, shared_prefix_length
+    from engine import _sample, feed, prefill_groups
     from rollout import encode_prompt, generate_rollouts
     torch.manual_seed(0)
     tok, model = load_model(args.student, device=args.device)
@@ -179,13 +179,10 @@ def worker_decode(args):
         """tok/s of args.completion decode steps (engine.feed, the rollout's own forward) after
         the prompts' prefill, which is not timed; every row decodes every step."""
         prompts = [encode_prompt(tok, p["question"], suite.schemas) for p in questions]
-        P = shared_prefix_length(prompts, [len(p) for p in prompts])
         tok_s = []
         with torch.inference_mode():
             for _ in range(args.reps):
-                batch, logits = prefill(model, prompts[0][:P], [p[P:] for p in prompts])
-                batch.repeat(group)
-                logits = logits.repeat_interleave(group, 0)
+                batch, logits = prefill_groups(model, prompts, group)
                 t0 = time.perf_counter()
                 for _ in range(args.completion):
                     ids, _ = _sample(logits, temperature)

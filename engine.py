@@ -433,6 +433,15 @@ def decode_forward(wt, ids, pos, batch):
     return wt.head(_rms_norm(x[:, -1], wt.norm, wt.eps))
 
 
+def prefill_groups(model, prompts, group_size):
+    """The start of a rollout: the prompts' shared prefix once, each prompt's tail once, then
+    its cache and next-token logits repeated for the group's rows -> (batch, logits)."""
+    P = shared_prefix_length(prompts, [len(p) for p in prompts])
+    batch, logits = prefill(model, prompts[0][:P], [p[P:] for p in prompts])
+    batch.repeat(group_size)
+    return batch, logits.repeat_interleave(group_size, 0)
+
+
 @torch.inference_mode()
 def generate(model, prompts, group_size, advance, temperature=1.0):
     """Sample len(prompts) * group_size rows (problem-major: row b * group_size + g).
@@ -442,10 +451,7 @@ def generate(model, prompts, group_size, advance, temperature=1.0):
     log-prob under `model` at temperature 1. The rows of a
     group share their first logits (one prefill per question).
     """
-    P = shared_prefix_length(prompts, [len(p) for p in prompts])
-    batch, logits = prefill(model, prompts[0][:P], [p[P:] for p in prompts])
-    batch.repeat(group_size)
-    logits = logits.repeat_interleave(group_size, 0)
+    batch, logits = prefill_groups(model, prompts, group_size)
     active = list(range(len(prompts) * group_size))   # cache row k -> row active[k]
     pending = [[] for _ in active]                    # tokens a row still has to feed
     while True:
