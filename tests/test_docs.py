@@ -62,3 +62,17 @@ def test_readme_reading_order_counts_are_current():
     for f in files:
         assert counts[f] == len(open(os.path.join(ROOT, f)).read().splitlines()), f
     assert counts["total"] == sum(counts[f] for f in files) <= 900
+
+
+def test_readme_lists_every_train_flag():
+    """The README's flags paragraph names every train.py flag (one per Config field)."""
+    import dataclasses
+    import sys
+    sys.path.insert(0, ROOT)
+    from train import Config
+    text = open(os.path.join(ROOT, "README.md")).read()
+    start = text.index("Flags (`python train.py --help`)")
+    paragraph = text[start:text.index("\n\n", start)]
+    missing = [f.name for f in dataclasses.fields(Config)
+               if "`--" + f.name.replace("_", "-") not in paragraph]
+    assert not missing, missing
