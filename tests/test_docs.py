@@ -1,6 +1,7 @@
 """The course text's links: every relative link in the README, docs/ and the results' reports
 points at a file that exists (and at a heading of it, for an anchor), and every .md file they or
 the code cite exists."""
+import dataclasses
 import glob
 import os
 import re
@@ -66,10 +67,7 @@ def test_readme_reading_order_counts_are_current():
 
 def test_readme_lists_every_train_flag():
     """The README's flags paragraph names every train.py flag (one per Config field)."""
-    import dataclasses
-    import sys
-    sys.path.insert(0, ROOT)
-    from train import Config
+    from train import Config                # here, not at the top: the other tests need no torch
     text = open(os.path.join(ROOT, "README.md")).read()
     start = text.index("Flags (`python train.py --help`)")
     paragraph = text[start:text.index("\n\n", start)]
