@@ -11,7 +11,9 @@ evaluations. Second reading: train.py calls these, and none of it is the method.
 
 `--resume` continues from checkpoint.pt: the metric lines logged after it are dropped, the
 evaluations already done are kept, and the RNG states are restored, so on CPU a killed and
-resumed run is the same run bit for bit (tests/test_train_e2e.py kills one with SIGKILL).
+resumed run is the same run bit for bit (tests/test_train_e2e.py kills one with SIGKILL). A
+finished run resumed with more --steps goes on from its last step; its old end evaluation is
+kept as a point along the way ("grpo_10") and the new end is evaluated.
 """
 import argparse
 import copy
@@ -102,7 +104,7 @@ class Run:
                                             self.cfg)
                 self.evals[name]["eval_minutes"] = (time.time() - t0) / 60
                 self.evals[name]["train_minutes"] = self.train_seconds / 60   # time-to-accuracy
-                self.evals[name]["rollouts"] = self.rollouts
+                self.evals[name].update(rollouts=self.rollouts, phase=self.phase, step=self.step)
                 write_json(self.path("evals.json"), self.evals)
         barrier()
         if label and name in self.evals:
@@ -217,6 +219,10 @@ def finish(run, sft_steps, rl_steps):
     cfg, evals = run.cfg, run.evals
     result = {"eval_problems": len(run.test_set)}
     if run.test_set:
+        end = evals.get("end")
+        if end and "step" in end and (end["phase"], end["step"]) != (run.phase, run.step):
+            # a finished run resumed with more --steps: its old end is a point along the way
+            evals[f"{end['phase']}_{end['step']}"] = evals.pop("end")
         run.evaluate("end", None)
         result.update(evals)
     if not is_main():

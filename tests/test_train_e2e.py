@@ -200,6 +200,19 @@ def test_rollout_budget_stops_grpo_and_evaluations_fall_on_exact_budgets(tmp_pat
         train.train(Config(**dict(cfg, rollout_budget=9, out=str(tmp_path / "odd"))))
 
 
+def test_a_finished_run_resumed_with_more_steps_evaluates_its_new_end(tmp_path):
+    """A 1-step run, then --resume --steps 2: step 2 runs, the old end is kept as "grpo_1" and
+    a new end is taken after step 2 (before the fix, the old end was reported again)."""
+    out = str(tmp_path / "longer")
+    cfg = dict(TINY, warmup_sft_steps=0, out=out, resume=True)
+    first = train.train(Config(**cfg, steps=1))
+    longer = train.train(Config(**cfg, steps=2))
+    assert [r["step"] for r in metrics(out)] == [1, 2]
+    assert longer["grpo_1"] == first["end"]
+    assert (first["end"]["step"], longer["end"]["step"]) == (1, 2)
+    assert longer["end"]["rollouts"] == 2 * first["end"]["rollouts"]
+
+
 def test_sft_baseline_lowers_its_loss(tmp_path):
     """method sft end to end: two steps of two trajectories (the first step's loss is about
     1.1-1.3 on the base model, the second about 0.5), one checkpoint, the evaluations."""
