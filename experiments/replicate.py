@@ -59,10 +59,10 @@ from runs import write_json  # noqa: E402
 from train import PRESETS as TRAIN_PRESETS, Config, train  # noqa: E402
 
 # eval_limit: problems per suite, the first ones (BFCL: n/5 per category; None: all). The cpu
-# preset trains with train.py's cpu preset (that of `make train-long`: dynamic sampling, up to
-# 4 batches of questions a step for both RL methods; without it GRPO lowered accuracy on AVX2,
-# results/rl-log.md section 6): the same warm start length and the same number of optimizer
-# steps for every method.
+# preset trains with train.py's cpu preset (that of `make train`: dynamic sampling, up to 4
+# batches of questions a step for both RL methods; without it GRPO lowered accuracy on AVX2,
+# results/rl-log.md section 6) but Config's 10 RL steps, not make train's 15: the same warm start
+# length and the same number of optimizer steps for every method.
 SUITES = ["math", "retrieval", "bfcl", "shop", "dates", "lookup"]
 IN_DOMAIN = ("math",)          # trained on: scored on its test split; the others on everything
 PRESETS = {

@@ -250,8 +250,10 @@ def test_preset_is_explicit_and_flags_win(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert train.parse_args([]).preset == "gpu"
     assert train.parse_args(["--preset", "cpu"]).lr == train.Config.lr
-    # the cpu preset samples dynamically (make train-long); a Config built in code does not
+    # the cpu preset (make train) samples dynamically for 15 steps; a Config built in code does
+    # not, and takes the 10 steps replicate.py compares methods at
     assert cpu.max_sample_batches == 4 and train.Config.max_sample_batches == 1
+    assert cpu.steps == 15 and train.Config.steps == 10
     assert (cpu.first_sample_batches, cpu.precision, cpu.sft_precision) == (1, "fp32", None)
     assert train.parse_args(["--max-sample-batches", "1"]).max_sample_batches == 1
     with pytest.raises(SystemExit):
