@@ -83,11 +83,18 @@ class Run:
             self.log.flush()
 
     def evaluate_along(self):
-        """The evaluations along GRPO: every eval_every steps, every eval_rollouts rollouts."""
+        """The evaluations along GRPO: every eval_every steps, every eval_rollouts rollouts,
+        each printed with the RL phase so far and its CI (a look along the way: the run's test
+        is the one at the end)."""
+        due = []
         if self.cfg.eval_every and self.step % self.cfg.eval_every == 0:
-            self.evaluate(f"grpo_{self.step}", f"after GRPO step {self.step}")
+            due.append((f"grpo_{self.step}", f"after GRPO step {self.step}"))
         if self.cfg.eval_rollouts and self.rollouts % self.cfg.eval_rollouts == 0:
-            self.evaluate(f"rollouts_{self.rollouts}", f"after {self.rollouts} rollouts")
+            due.append((f"rollouts_{self.rollouts}", f"after {self.rollouts} rollouts"))
+        for name, label in due:
+            self.evaluate(name, label)
+            if is_main() and name in self.evals and "rl_start" in self.evals:
+                print(f"RL phase so far: {gain(self.evals['rl_start'], self.evals[name])}")
 
     def evaluate(self, name, label, n=None):
         """Greedy accuracy on the (first n) held-out problems, done once: kept in

@@ -318,3 +318,26 @@ def test_sigkill_mid_grpo_step_then_resume_matches_an_uninterrupted_run(tmp_path
     wa = torch.load(os.path.join(full, "checkpoint.pt"), weights_only=False)["model"]
     wb = torch.load(os.path.join(killed, "checkpoint.pt"), weights_only=False)["model"]
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_evaluations_along_grpo_print_the_rl_phase_so_far(tmp_path, monkeypatch, capsys):
+    """An evaluation along GRPO prints its accuracy, then the RL phase so far with its CI."""
+    scores = iter([[1, 0, 0, 0], [1, 1, 1, 1]])                 # RL start, then after step 5
+    monkeypatch.setattr(runs, "accuracy", lambda *a: dict(
+        zip(("accuracy", "tool_call_rate", "boxed_rate", "truncated_rate", "correct"),
+            (0.5, 1.0, 1.0, 0.0, next(scores)))))
+    run = runs.Run(Config(out=str(tmp_path), eval_every=5), None, None, None, None,
+                   [{}] * 4, "grpo", 0, None, {})
+    run.evaluate("rl_start", "RL start")
+    run.step = 4
+    run.evaluate_along()                                        # not due: prints nothing
+    assert capsys.readouterr().out.splitlines() == [
+        "RL start (n=4): accuracy 0.500 | tool_call_rate 1.000 | boxed_rate 1.000 | "
+        "truncated_rate 0.000"]
+    run.step = 5
+    run.evaluate_along()
+    said = capsys.readouterr().out.splitlines()
+    assert said[0].startswith("after GRPO step 5 (n=4): accuracy 0.500")
+    # 0.25 -> 1.00 on the same 4 problems: +0.750; the CI's low end is above 0
+    assert said[1].startswith("RL phase so far: 0.250 -> 1.000 (+0.750, 95% CI [+")
+    assert said[1].endswith("paired bootstrap, n=4)") and len(said) == 2
