@@ -129,8 +129,8 @@ def kl_k3(logp, ref_logp):
 
 def tis_weights(old_logp, sampler_logp, cap):
     """(N, T) min(pi_old / pi_sampler, cap), no grad: truncated importance sampling (as verl,
-    TRL, NeMo-RL). The tokens came from the bf16 sampler, not from pi_old (the fp32 weights);
-    the cap keeps a token the sampler overrated from dominating the step."""
+    TRL, NeMo-RL). The tokens came from the sampler (in bf16: a copy), not from pi_old (the
+    trained weights); the cap keeps a token the sampler overrated from dominating the step."""
     return torch.exp(old_logp - sampler_logp).clamp(max=cap).detach()
 
 
