@@ -62,6 +62,7 @@ def worker_ours(args):
     tok, model = load_model(args.student, device=args.device)
     problems, suite = problems_and_suite(args)
     cfg = Config(batch_size=args.questions, group_size=args.group_size, max_turns=1,
+                 max_sample_batches=1,                           # plain GRPO, as TRL
                  max_new_tokens=args.completion, max_total_tokens=args.completion,
                  micro_batch=args.micro_batch, kl_coef=0.001, lr=1e-5, precision=args.precision)
     ref = copy.deepcopy(model).requires_grad_(False).eval()
@@ -234,21 +235,24 @@ def med(xs):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--student", default="SmolLM2-135M")
-    ap.add_argument("--device", default=None)
-    ap.add_argument("--questions", type=int, default=8)
-    ap.add_argument("--group-size", type=int, default=4)
-    ap.add_argument("--completion", type=int, default=64)
-    ap.add_argument("--micro-batch", type=int, default=8)
-    ap.add_argument("--prompt", choices=["tools", "short"], default="tools")
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument("--student", default="SmolLM2-135M", help="model short name, HF id or folder")
+    ap.add_argument("--device", default=None, help="cpu | cuda (None: cuda where there is one)")
+    ap.add_argument("--questions", type=int, default=8, help="questions a GRPO step")
+    ap.add_argument("--group-size", type=int, default=4, help="rollouts per question")
+    ap.add_argument("--completion", type=int, default=64, help="generated tokens a rollout")
+    ap.add_argument("--micro-batch", type=int, default=8, help="rows per forward/backward")
+    ap.add_argument("--prompt", choices=["tools", "short"], default="tools",
+                    help="tools: the 12-tool system prompt; short: no tools listed")
     ap.add_argument("--reps", type=int, default=3, help="timed steps (and decode runs)")
     ap.add_argument("--warmup", type=int, default=1, help="untimed GRPO steps first")
     ap.add_argument("--precision", default="auto", choices=PRECISIONS,
                     help="matmul dtype for ours and TRL alike (model.compute_dtype)")
-    ap.add_argument("--only", default="ours,trl,decode")
+    ap.add_argument("--only", default="ours,trl,decode",
+                    help="what to time, comma-separated: ours, trl, decode")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
-    ap.add_argument("--out", default="results/bench.json")
+    ap.add_argument("--out", default="results/bench.json", help="results JSON")
     args = ap.parse_args()
     if args.worker:
         print(json.dumps({"ours": worker_ours, "trl": worker_trl,

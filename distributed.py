@@ -40,6 +40,8 @@ import torch.distributed as dist
 from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import DTensor, distribute_tensor
 
+from engine import pad_micro_batches
+
 
 def setup(fsdp=False):
     """Join the process group torchrun describes (WORLD_SIZE > 1); a world of one needs none,
@@ -89,6 +91,24 @@ def all_sum(x):
     t = torch.tensor([float(x)], dtype=torch.float64, device=backend_device())
     dist.all_reduce(t)
     return t.item()
+
+
+def all_max(x):
+    """Largest value of an int over ranks (x itself in a world of one)."""
+    if world() == 1:
+        return x
+    t = torch.tensor([int(x)], dtype=torch.int64, device=backend_device())
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t.item())
+
+
+def even_passes(batch, model):
+    """An engine.Batch padded with empty micro-batches to as many as any rank has, under --fsdp
+    (each sharded layer's forward and backward is a collective: a rank with fewer passes would
+    leave the others waiting); unsharded, the batch as it is."""
+    if is_sharded(model):
+        pad_micro_batches(batch, all_max(len(batch.micro)))
+    return batch
 
 
 def sync_gradients(model):

@@ -53,26 +53,26 @@ LOGITS_CHUNK = 1024
 # Generation
 
 def _sample(logits, temperature):
-    """(N, V) logits -> (N,) token ids, and (N,) their log-probs at temperature 1 (the
-    distribution the loss's ratio is taken over: train.py records them as the sampler's).
+    """(N, V) logits -> (N,) token ids drawn from softmax(logits / temperature), and (N,) their
+    log-probs under that same distribution: the policy that acted, whose log-probs the loss
+    takes too (train.py records these as the sampler's). temperature 0: greedy, log-probs at 1.
     Inverse-CDF sampling: one uniform number per row, 5x cheaper than torch.multinomial,
-    which draws V exponentials per row. The CDF is of exp(logits - max) left unnormalised (u
-    is drawn up to its total), and at temperature 1 that total gives the log-sum-exp: two
-    passes over (N, V) fewer than softmax then logsumexp (32 x 49,152: 6.1-6.3 against
-    8.7-10.1 ms, AVX-512 EPYC)."""
+    which draws V exponentials per row. The CDF is of exp((logits - max) / T) left
+    unnormalised (u is drawn up to its total), and that total gives the log-sum-exp of
+    logits / T: two passes over (N, V) fewer than softmax then logsumexp (32 x 49,152: 6.1-6.3
+    against 8.7-10.1 ms, AVX-512 EPYC)."""
     logits = logits.float()
     if temperature == 0:
         ids = logits.argmax(-1)
-        lse = logits.logsumexp(-1)
-    else:
-        m = logits.amax(-1, keepdim=True)                              # (N, 1)
-        x = logits - m
-        cdf = (x if temperature == 1 else x.div_(temperature)).exp_().cumsum(-1)   # (N, V)
-        u = torch.rand(len(cdf), 1, device=cdf.device) * cdf[:, -1:]  # (N, 1) in [0, total)
-        # first token whose cdf exceeds u (right=True never picks a zero-probability token)
-        ids = torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp(max=cdf.shape[-1] - 1)
-        lse = m[:, 0] + cdf[:, -1].log() if temperature == 1 else logits.logsumexp(-1)
-    return ids, logits.gather(1, ids[:, None])[:, 0] - lse
+        return ids, logits.gather(1, ids[:, None])[:, 0] - logits.logsumexp(-1)
+    m = logits.amax(-1, keepdim=True)                                  # (N, 1)
+    x = logits - m
+    cdf = (x if temperature == 1 else x.div_(temperature)).exp_().cumsum(-1)       # (N, V)
+    u = torch.rand(len(cdf), 1, device=cdf.device) * cdf[:, -1:]      # (N, 1) in [0, total)
+    # first token whose cdf exceeds u (right=True never picks a zero-probability token)
+    ids = torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp(max=cdf.shape[-1] - 1)
+    lse = m[:, 0] / temperature + cdf[:, -1].log()                     # logsumexp(logits / T)
+    return ids, logits.gather(1, ids[:, None])[:, 0] / temperature - lse
 
 
 def shared_prefix_length(prompts, lengths):
@@ -443,13 +443,14 @@ def prefill_groups(model, prompts, group_size):
 
 
 @torch.inference_mode()
-def generate(model, prompts, group_size, advance, temperature=1.0):
+def generate(model, prompts, group_size, advance, temperature=1.0, progress=None):
     """Sample len(prompts) * group_size rows (problem-major: row b * group_size + g).
 
     advance(row, token, logp) -> the tokens to feed row `row` next (the sampled token
     itself, plus any tool response), or None when the row is done; logp is the token's
-    log-prob under `model` at temperature 1. The rows of a
-    group share their first logits (one prefill per question).
+    log-prob under the distribution it was drawn from (softmax(logits / temperature)). The rows
+    of a group share their first logits (one prefill per question). progress: a tqdm bar
+    advanced as each row finishes.
     """
     batch, logits = prefill_groups(model, prompts, group_size)
     active = list(range(len(prompts) * group_size))   # cache row k -> row active[k]
@@ -464,6 +465,8 @@ def generate(model, prompts, group_size, advance, temperature=1.0):
             if tokens is not None:
                 pending[active[k]] = tokens
                 keep.append(k)
+            elif progress is not None:                # a tqdm bar: one more row finished
+                progress.update()
         # 2. finished rows leave the batch and the cache
         keep.sort()
         if len(keep) < len(active):
@@ -580,36 +583,47 @@ def checkpointing_off(model):
             m.gradient_checkpointing = True
 
 
-def _logprobs_of(head, h, targets):
-    """(M, H) hidden states, (M,) next tokens -> (M,) log p(token), in fp32."""
-    return -F.cross_entropy(head(h).float(), targets, reduction="none")
+def logprobs_from_logits(logits, targets, temperature=1.0):
+    """(M, V) logits, (M,) tokens -> (M,) log softmax(logits / temperature)[token], in fp32:
+    the distribution the rollout sampled from (TRL and verl divide by T before every log-prob
+    of the loss). temperature 1 leaves the logits as they are."""
+    logits = logits.float()
+    return -F.cross_entropy(logits if temperature == 1 else logits / temperature, targets,
+                            reduction="none")
 
 
-def token_logprobs(head, h, targets, chunk=LOGITS_CHUNK):
+def _logprobs_of(head, h, targets, temperature=1.0):
+    """(M, H) hidden states, (M,) next tokens -> (M,) log p(token) at `temperature`, in fp32."""
+    return logprobs_from_logits(head(h), targets, temperature)
+
+
+def token_logprobs(head, h, targets, chunk=LOGITS_CHUNK, temperature=1.0):
     """_logprobs_of over `chunk` positions at a time, so the (M, V) logits never exist at once
     (what fused linear-cross-entropy kernels do). With gradients each chunk's logits are
     recomputed in backward instead of kept (torch.utils.checkpoint): the peak is one chunk's,
     forward or backward. M <= chunk is the plain computation."""
     if len(h) <= chunk:
-        return _logprobs_of(head, h, targets)
+        return _logprobs_of(head, h, targets, temperature)
     parts = []
     for i in range(0, len(h), chunk):
-        args = (head, h[i:i + chunk], targets[i:i + chunk])
+        args = (head, h[i:i + chunk], targets[i:i + chunk], temperature)
         parts.append(checkpoint(_logprobs_of, *args, use_reentrant=False)
                      if torch.is_grad_enabled() else _logprobs_of(*args))
     return torch.cat(parts)
 
 
-def reference_logprobs(model, ids, attention_mask):
+def reference_logprobs(model, ids, attention_mask, temperature=1.0):
     """The plain computation the fast path below must equal: one forward over whole rows,
-    (N, T) ids right-padded -> (N, T) log p(ids[:, t] | ids[:, :t]), 0 at t = 0 and on padding."""
+    (N, T) ids right-padded -> (N, T) log p(ids[:, t] | ids[:, :t]) at `temperature`, 0 at t = 0
+    and on padding."""
     logits = model(input_ids=ids, attention_mask=attention_mask).logits.float()   # (N, T, V)
-    lp = torch.log_softmax(logits[:, :-1], -1).gather(-1, ids[:, 1:, None])[..., 0]
+    lp = torch.log_softmax(logits[:, :-1] / temperature, -1).gather(-1, ids[:, 1:, None])[..., 0]
     return F.pad(lp, (1, 0)) * attention_mask
 
 
-def sequence_logprobs(model, prefix, ids, attention_mask, needed=None):
-    """Log-probability of tokens of `ids`, each row preceded by a shared prefix.
+def sequence_logprobs(model, prefix, ids, attention_mask, needed=None, temperature=1.0):
+    """Log-probability of tokens of `ids`, each row preceded by a shared prefix, under
+    softmax(logits / temperature).
 
     Args:
         prefix: a SharedPrefix (run once per batch) or (P,) token ids (run here); may be empty.
@@ -635,7 +649,7 @@ def sequence_logprobs(model, prefix, ids, attention_mask, needed=None):
         first = torch.zeros_like(h[:, :1])
         needed[:, 0] = False                          # the first token has no context
     h = torch.cat([first, h[:, :-1]], 1)              # (N, T, H): h[:, t] predicts ids[:, t]
-    lp = token_logprobs(head, h[needed], ids[needed])                    # (M,) needed positions
+    lp = token_logprobs(head, h[needed], ids[needed], temperature=temperature)    # (M,) needed
     return torch.zeros(N, T, device=ids.device).index_put((needed,), lp)
 
 
@@ -698,8 +712,8 @@ class Batch:
 
 
 def make_batch(seqs, micro_batch, pad_id, device, max_tokens=0):
-    """[(prompt_ids, ids, mask[, sampler_logp])] -> Batch, packed once for every pass over it; micro-batches of
-    at most micro_batch rows and max_tokens padded tokens (0: no bound)."""
+    """[(prompt_ids, ids, mask[, sampler_logp])] -> Batch, packed once for every pass over it;
+    micro-batches of at most micro_batch rows and max_tokens padded tokens (0: no bound)."""
     prefix_ids = shared_prefix_ids(seqs, device)
     P = len(prefix_ids)
     lengths = [len(p) - P + len(ids) for p, ids, *_ in seqs]
@@ -708,28 +722,42 @@ def make_batch(seqs, micro_batch, pad_id, device, max_tokens=0):
     return Batch(prefix_ids, micro, sum(mb.mask.sum().item() for mb in micro))
 
 
+def pad_micro_batches(batch, n):
+    """Append empty micro-batches (one row, loss mask 0: nothing of it enters a loss) until
+    the batch has n: under --fsdp each forward and backward is a collective, so every rank
+    must run as many passes (distributed.even_passes)."""
+    first = batch.micro[0]
+    while len(batch.micro) < n:
+        batch.micro.append(MicroBatch(first.rows[:1], first.tokens[:1], first.attn[:1],
+                                      torch.zeros_like(first.mask[:1]),
+                                      None if first.sampler_logp is None else first.sampler_logp[:1]))
+    return batch
+
+
 @torch.no_grad()
-def logprobs(model, batch, dtype):
-    """[(n, T) log p(token)] per micro-batch, on the loss-mask positions (0 elsewhere)."""
+def logprobs(model, batch, dtype, temperature=1.0):
+    """[(n, T) log p(token) at `temperature`] per micro-batch, on the loss-mask positions (0
+    elsewhere)."""
     with autocast(model, dtype):
         prefix = SharedPrefix(model, batch.prefix_ids)
-        return [sequence_logprobs(model, prefix, mb.tokens, mb.attn, mb.mask)
+        return [sequence_logprobs(model, prefix, mb.tokens, mb.attn, mb.mask, temperature)
                 for mb in batch.micro]
 
 
-def backward(model, batch, loss_fn, dtype):
+def backward(model, batch, loss_fn, dtype, temperature=1.0):
     """Accumulate the gradient of the batch's loss into model's .grad.
 
     loss_fn(k, micro_batch, logp) -> (micro-batch k's part of the batch's loss, {name: its part
-    of each metric}); the parts add up (train.batch_share weights each micro-batch by its share
-    of the batch's tokens, so they sum to the token mean). Returns {name: the sum of the parts}.
+    of each metric}), logp at `temperature`; the parts must add up to the batch's loss (each
+    micro-batch normalised by the whole batch's counts: train.aggregate). Returns {name: the
+    sum of the parts}.
     """
     with autocast(model, dtype):
         prefix = SharedPrefix(model, batch.prefix_ids)          # the system prompt, once per pass
     stats = {}
     for k, mb in enumerate(batch.micro):
         with autocast(model, dtype):
-            logp = sequence_logprobs(model, prefix, mb.tokens, mb.attn, mb.mask)
+            logp = sequence_logprobs(model, prefix, mb.tokens, mb.attn, mb.mask, temperature)
         loss, m = loss_fn(k, mb, logp)
         loss.backward()
         for name, v in m.items():

@@ -39,7 +39,7 @@ from model import (PRECISIONS, ModelNotAvailable, compute_dtype, load_model, mac
                    release_memory, rollout_weights)
 from rollout import generate_rollouts
 from teacher import apply_teacher_tools
-from tasks import load_suite
+from tasks import SuiteError, load_suite
 
 
 def jsd(p, q):
@@ -137,12 +137,14 @@ def trained_suites(name_or_path):
     return (run["suite"],) if run else ()
 
 
-GENERATION_DEFAULTS = {"max_turns": 5, "max_new_tokens": 128, "max_total_tokens": 384}
+GENERATION_DEFAULTS = {"max_turns": 5, "max_new_tokens": 128, "max_total_tokens": 384,
+                       "precision": "auto"}
+EVAL_BATCH = 200            # rows generated at once, as train.py's evaluations (accuracy) do
 
 
 def generation_limits(name_or_path):
-    """The turn and token limits a train.py run folder trained with (a GPU run of the gpu
-    preset writes 512 tokens a turn), else GENERATION_DEFAULTS."""
+    """The turn and token limits and the precision a train.py run folder (or a model exported
+    from one) trained with, else GENERATION_DEFAULTS: a run is evaluated as it was trained."""
     run = run_config(name_or_path)
     return {k: run.get(k, v) for k, v in GENERATION_DEFAULTS.items()}
 
@@ -183,22 +185,25 @@ def rollout_metrics(rollouts, suite):
     }
 
 
-def greedy_rollouts(model, tok, suite, problems, batch_size=16, temperature=0.0, max_turns=5,
-                    max_new_tokens=128, max_total_tokens=384, progress=False):
+def greedy_rollouts(model, tok, suite, problems, batch_size=EVAL_BATCH, temperature=0.0,
+                    max_turns=5, max_new_tokens=128, max_total_tokens=384, progress=False):
     """The one evaluation loop (evaluate_suite and train.py's held-out evaluations): rollouts
     of `problems` in batches, greedy unless temperature > 0, with the suite's own turn limit
-    where it has one (BFCL: 1)."""
+    where it has one (BFCL: 1); progress: a bar of problems done, with an ETA."""
     rollouts = []
-    for i in tqdm(range(0, len(problems), batch_size), desc=suite.name, disable=not progress):
-        rollouts += generate_rollouts(model, tok, problems[i:i + batch_size], suite.tools,
-                                      suite.schemas, max_turns=suite.max_turns or max_turns,
-                                      max_new_tokens=max_new_tokens,
-                                      max_total_tokens=max_total_tokens, temperature=temperature)
+    with tqdm(total=len(problems), desc=f"evaluating {suite.name}", unit="problem",
+              disable=not progress, leave=False) as bar:
+        for i in range(0, len(problems), batch_size):
+            rollouts += generate_rollouts(model, tok, problems[i:i + batch_size], suite.tools,
+                                          suite.schemas, max_turns=suite.max_turns or max_turns,
+                                          max_new_tokens=max_new_tokens,
+                                          max_total_tokens=max_total_tokens,
+                                          temperature=temperature, progress=bar)
     return rollouts
 
 
 @torch.no_grad()
-def accuracy(model, tok, suite, problems, cfg, batch_size=200):
+def accuracy(model, tok, suite, problems, cfg, batch_size=EVAL_BATCH, progress=False):
     """Greedy accuracy of a model in training, with a train.Config's precision and generation
     limits, sampled as its rollouts are (from a bf16 copy where bf16 is native): the rates of
     rollout_metrics and each problem's 0/1 ("correct"). More rows at a time read each weight
@@ -208,12 +213,13 @@ def accuracy(model, tok, suite, problems, cfg, batch_size=200):
     model.eval()
     policy = rollout_weights(model, compute_dtype(model.device, cfg.precision))
     rs = greedy_rollouts(policy, tok, suite, problems, batch_size, max_turns=cfg.max_turns,
-                         max_new_tokens=cfg.max_new_tokens, max_total_tokens=cfg.max_total_tokens)
+                         max_new_tokens=cfg.max_new_tokens, max_total_tokens=cfg.max_total_tokens,
+                         progress=progress)
     return {**rollout_metrics(rs, suite), "correct": [int(suite.is_correct(r)) for r in rs],
             "per_problem": tool_use_per_problem(rs, suite)}             # for paired CIs
 
 
-def evaluate_suite(model, tok, name, limit=None, batch_size=16, temperature=0.0, max_turns=5,
+def evaluate_suite(model, tok, name, limit=None, batch_size=EVAL_BATCH, temperature=0.0, max_turns=5,
                    max_new_tokens=128, max_total_tokens=384, teacher_file=None, progress=True,
                    trained_on=()):
     """Greedy (or sampled) rollouts on a suite -> (metrics, rollouts). A suite the model
@@ -242,17 +248,22 @@ def evaluate_suite(model, tok, name, limit=None, batch_size=16, temperature=0.0,
     return out, rollouts
 
 
-def evaluate_model(name_or_path, suites, limit=None, device=None, precision="auto",
+def evaluate_model(name_or_path, suites, limit=None, device=None, precision=None,
                    trained_on=None, on_suite=None, **kw):
     """{suite: metrics}. `limit`: problems per suite, or a dict {suite: limit}. `trained_on`:
     suites scored on their test split (default: the one a run folder trained on). `on_suite`:
     called with the results so far after each suite (replicate.py saves them). Generation
-    limits not given (None) are the run folder's (generation_limits)."""
+    limits and precision not given (None) are the run folder's (generation_limits): the fp32
+    weights, sampled from as train.py's evaluations do (rollout_weights), so that a run's
+    last evaluation and this one give the same per-problem results."""
     trained_on = trained_suites(name_or_path) if trained_on is None else trained_on
     kw = {**generation_limits(name_or_path), **{k: v for k, v in kw.items() if v is not None}}
+    precision = precision or kw.pop("precision")
+    kw.pop("precision", None)
     release_memory()            # what a training in this process left (replicate.py) goes back
-    device = pick_device(device)                 # weights in the dtype train.py samples in
-    tok, model = load_model(name_or_path, device=device, dtype=compute_dtype(device, precision))
+    device = pick_device(device)
+    tok, model = load_model(name_or_path, device=device)
+    model = rollout_weights(model, compute_dtype(device, precision))
     results = {}
     for s in suites:
         t0 = time.time()
@@ -309,13 +320,13 @@ def plot_training(metrics_path, out_png, evals=None):
     """Per-step curves of one train.py run: SFT loss, GRPO reward and its parts, rollout
     accuracy / boxed / truncated rates, groups with signal and KL; and beside them the held-out
     evaluations (evals.json) against minutes of training (time-to-accuracy) -> out_png."""
-    if not os.path.exists(metrics_path):
-        return
-    with open(metrics_path) as f:
-        rows = [json.loads(line) for line in f if line.strip()]
+    rows = []
+    if os.path.exists(metrics_path):
+        with open(metrics_path) as f:
+            rows = [json.loads(line) for line in f if line.strip()]
     sft = [r for r in rows if r["phase"] == "sft"]
     rl = [r for r in rows if r["phase"] == "grpo"]
-    if not rl and not sft:
+    if not (rl or sft or evals):
         return
     fig, axes = plt.subplots(1, 6, figsize=(23, 3.3))
     if sft:
@@ -346,27 +357,32 @@ def plot_training(metrics_path, out_png, evals=None):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description="Evaluate students in and out of domain.")
-    ap.add_argument("--model", default=None, help="short name, HF id, folder or train.py run")
-    ap.add_argument("--compare", nargs="+", metavar="NAME=MODEL")
-    ap.add_argument("--suite", default="math,retrieval,bfcl,shop,dates,lookup,units")
+    ap = argparse.ArgumentParser(description="Evaluate students in and out of domain.",
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument("--model", default="SmolLM2-135M",
+                    help="short name, HF id, folder, exported model or train.py run folder")
+    ap.add_argument("--compare", nargs="+", metavar="NAME=MODEL",
+                    help="several models, each NAME=MODEL, in one table and plot")
+    ap.add_argument("--suite", default="math,retrieval,bfcl,shop,dates,lookup,units",
+                    help="suites, comma-separated (built-in names or suite files)")
     ap.add_argument("--trained-on", type=lambda v: tuple(v.split(",")) if v else (),
-                    help="suites scored on their test split, comma-separated (default: the suite "
-                         "a run folder trained on; every other suite is scored on all problems)")
+                    help="suites scored on their test split, comma-separated (None: the suite a "
+                         "run folder trained on; every other suite is scored on all problems)")
     ap.add_argument("--limit", type=int, help="problems per suite (the first ones; BFCL's "
-                    "first n hold n/5 of each category)")
-    ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--temperature", type=float, default=0.0)
-    for flag in GENERATION_DEFAULTS:
-        ap.add_argument("--" + flag.replace("_", "-"), type=int, help=f"default: the run "
+                    "first n hold n/5 of each category; None: all)")
+    ap.add_argument("--batch-size", type=int, default=EVAL_BATCH, help="rows generated at once")
+    ap.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
+    for flag in ("max_turns", "max_new_tokens", "max_total_tokens"):
+        ap.add_argument("--" + flag.replace("_", "-"), type=int, help=f"None: the run "
                         f"folder's (run.json), else {GENERATION_DEFAULTS[flag]}")
     ap.add_argument("--teacher", help="teacher.py JSONL whose teacher_tools take precedence")
-    ap.add_argument("--device")
-    ap.add_argument("--precision", default="auto", choices=PRECISIONS,
-                    help="dtype of the matmuls (auto: bf16 where fast, see model.compute_dtype)")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", help="results JSON (default: print only)")
-    ap.add_argument("--plot-dir", default="plots")
+    ap.add_argument("--device", help="cpu | cuda (None: cuda where there is one)")
+    ap.add_argument("--precision", choices=PRECISIONS,
+                    help="dtype of the matmuls (None: the run folder's, else auto: bf16 where "
+                         "fast, see model.compute_dtype)")
+    ap.add_argument("--seed", type=int, default=0, help="for --temperature > 0")
+    ap.add_argument("--out", help="results JSON (None: print only)")
+    ap.add_argument("--plot-dir", default="plots", help="where --compare writes its plots")
     ap.add_argument("--replot", nargs="+", metavar="NAME=RESULTS.json",
                     help="table and plots from saved results ({suite: metrics} or an --out file)")
     args = ap.parse_args(argv)
@@ -387,13 +403,13 @@ def main(argv=None):
               max_new_tokens=args.max_new_tokens, max_total_tokens=args.max_total_tokens,
               teacher_file=args.teacher)
     models = dict(m.split("=", 1) for m in args.compare) if args.compare else \
-        {args.model or "SmolLM2-135M": args.model}
+        {args.model: args.model}
     all_results = {}
     for name, path in models.items():
         try:
             all_results[name] = evaluate_model(path, suites, args.limit, args.device,
                                                args.precision, trained_on=args.trained_on, **kw)
-        except ModelNotAvailable as e:
+        except (ModelNotAvailable, SuiteError) as e:
             sys.exit(str(e))
         print(f"{name}: " + json.dumps(all_results[name]))
     print(markdown_table(all_results, suites))

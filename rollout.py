@@ -183,7 +183,7 @@ def advance(r, token, env, logp=0.0):
 
 
 def generate_rollouts(model, tok, problems, tools, schemas, group_size=1, max_turns=5,
-                      max_new_tokens=128, max_total_tokens=384, temperature=1.0):
+                      max_new_tokens=128, max_total_tokens=384, temperature=1.0, progress=None):
     """Sample group_size multi-turn rollouts for each problem -> list of B*G Rollouts.
 
     Rows are ordered problem-major: rollouts[b * group_size + g].
@@ -197,7 +197,7 @@ def generate_rollouts(model, tok, problems, tools, schemas, group_size=1, max_tu
     prompts = [encode_prompt(tok, p["question"], p.get("schemas", schemas)) for p in problems]
     rows = [Rollout(p, prompts[b]) for b, p in enumerate(problems) for _ in range(group_size)]
     generate(model, prompts, group_size, lambda i, t, lp: advance(rows[i], t, env, lp),
-             temperature)
+             temperature, progress)
     for r in rows:
         r.text = tok.decode(r.ids, skip_special_tokens=False)
         generated = "".join(r.turns)

@@ -6,8 +6,9 @@ evaluations. Second reading: train.py calls these, and none of it is the method.
     OUT/checkpoint.pt    weights, optimizer, phase and step, every rank's RNG (written atomically)
     OUT/reference.pt     the frozen KL reference, so a resumed run compares against the same weights
     OUT/evals.json       each held-out evaluation ("start", "rl_start", "end"), done once
-    OUT/result.json      written last: the run is done (replicate.py looks for it)
     OUT/curves.png       the per-step curves
+    OUT/model/           the trained student as a standard model folder (model.export)
+    OUT/result.json      written last: the run is done (replicate.py looks for it)
 
 `--resume` continues from checkpoint.pt: the metric lines logged after it are dropped, the
 evaluations already done are kept, and the RNG states are restored, so on CPU a killed and
@@ -17,9 +18,11 @@ kept as a point along the way ("grpo_10") and the new end is evaluated.
 """
 import argparse
 import copy
+import inspect
 import json
 import os
 import random
+import re
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -32,10 +35,11 @@ from distributed import (all_sum, barrier, full_state, gather, is_main, rank,
                          unsharded, world)
 from engine import set_grad_checkpointing
 from evaluate import accuracy, paired_bootstrap_ci, plot_training
-from model import CHECKPOINT_FILE, PRECISIONS, load_model, machine, release_memory
+from model import (CHECKPOINT_FILE, EXPORT_DIR, PRECISIONS, ModelNotAvailable, export, load_model,
+                   machine, release_memory)
 from reward import VARIANTS
 from tasks import BUILTIN_SUITES, SuiteError, load_suite
-from teacher import apply_teacher_tools
+from teacher import apply_teacher_tools, no_solution_message, read_cache
 
 
 # Held-out problems the base student is evaluated on before the SFT warm start: the 135M
@@ -59,6 +63,7 @@ class Run:
     evals: dict                 # the held-out evaluations done so far
     train_seconds: float = 0.0  # optimizer steps' wall time so far (evaluations not counted)
     rollouts: int = 0           # rollouts drawn by GRPO so far
+    grpo_clock: tuple = None    # (time, step) where this process's GRPO steps started
 
     def path(self, name):
         return os.path.join(self.cfg.out, name)
@@ -71,9 +76,18 @@ class Run:
         """Rollouts in one batch of questions: batch_size x group_size."""
         return self.cfg.batch_size * self.cfg.group_size
 
+    def minutes_left(self):
+        """'~12 min': the GRPO steps left at the pace of this process's steps so far, the
+        evaluations along the way included (the one at the end not)."""
+        t0, first = self.grpo_clock
+        pace = (time.time() - t0) / max(self.step - first, 1)
+        return f"~{pace * (self.cfg.steps - self.step) / 60:.0f} min"
+
     def log_step(self, m):
         """One JSON line of metrics (rank 0 only holds the log); a GRPO step's adds the
         rollouts drawn so far."""
+        if m["phase"] == "grpo" and not self.grpo_clock:     # its first step in this process
+            self.grpo_clock = (time.time() - m["step_time"], m["step"] - 1)
         self.step, self.train_seconds = m["step"], self.train_seconds + m["step_time"]
         if m["phase"] == "grpo":
             self.rollouts += m["sample_batches"] * self.batch_rollouts
@@ -97,9 +111,9 @@ class Run:
                 print(f"RL phase so far: {gain(self.evals['rl_start'], self.evals[name])}")
 
     def evaluate(self, name, label, n=None):
-        """Greedy accuracy on the (first n) held-out problems, done once: kept in
-        OUT/evals.json (written atomically), so a resumed run reports the evaluations of its
-        earlier part."""
+        """Greedy accuracy on the (first n) held-out problems, done once, with a progress bar:
+        kept in OUT/evals.json (written atomically), so a resumed run reports the evaluations of
+        its earlier part; OUT/curves.png is redrawn with it."""
         if not self.test_set:
             return
         if name not in self.evals:
@@ -108,11 +122,12 @@ class Run:
                 release_memory()                          # the training steps' dead heap
                 t0 = time.time()
                 self.evals[name] = accuracy(policy, self.tok, self.suite, self.test_set[:n],
-                                            self.cfg)
+                                            self.cfg, progress=True)
                 self.evals[name]["eval_minutes"] = (time.time() - t0) / 60
                 self.evals[name]["train_minutes"] = self.train_seconds / 60   # time-to-accuracy
                 self.evals[name].update(rollouts=self.rollouts, phase=self.phase, step=self.step)
                 write_json(self.path("evals.json"), self.evals)
+                plot_training(self.path("metrics.jsonl"), self.path("curves.png"), self.evals)
         barrier()
         if label and name in self.evals:
             e = self.evals[name]
@@ -124,30 +139,26 @@ class Run:
 def start(cfg, first_phase, first_lr):
     """Join the process group, load the student (fp32 master weights) and the suite, write
     run.json, and resume from OUT/checkpoint.pt if --resume finds one -> Run."""
+    problem = config_error(cfg)                     # a Config built in code is checked too
+    if problem:
+        sys.exit(problem)
     device = setup_distributed(cfg.fsdp) or cfg.device   # torchrun: a process group, a device each
     if cfg.batch_size % world() or cfg.sft_batch_size % world():
         sys.exit(f"--batch-size {cfg.batch_size} and --sft-batch-size {cfg.sft_batch_size} must "
                  f"be multiples of the {world()} processes (each takes whole groups)")
-    if cfg.max_sample_batches < 1 or cfg.first_sample_batches < 1:
-        sys.exit(f"--max-sample-batches {cfg.max_sample_batches} and --first-sample-batches "
-                 f"{cfg.first_sample_batches}: at least 1 batch")
-    per_batch = cfg.batch_size * cfg.group_size
-    if cfg.rollout_budget % per_batch or cfg.eval_rollouts % per_batch:
-        sys.exit(f"--rollout-budget {cfg.rollout_budget} and --eval-rollouts {cfg.eval_rollouts} "
-                 f"must be multiples of a batch's {per_batch} rollouts (batch x group size)")
-    if cfg.fsdp and cfg.max_sample_batches > 1:
-        sys.exit("--max-sample-batches > 1 does not go with --fsdp: ranks could keep different "
-                 "numbers of groups, and every sharded forward is a collective")
     # the same questions on every rank (Python/NumPy), its own rollouts on each (torch)
     random.seed(cfg.seed); np.random.seed(cfg.seed); torch.manual_seed(cfg.seed + rank())
-    os.makedirs(cfg.out, exist_ok=True)
     ckpt_path = os.path.join(cfg.out, CHECKPOINT_FILE)
+    suite = load_suite(cfg.suite)                   # the suite and the model before --out exists
+    if cfg.teacher != "reference":
+        suite.problems = apply_teacher_tools(suite.problems, cfg.teacher)
+    elif (cfg.method == "sft" or cfg.warmup_sft_steps) and \
+            not all("solution" in p for p in suite.split("train")):
+        sys.exit(no_solution_message(cfg.suite))     # the offline solver replays solutions
     tok, model = load_model(cfg.init or cfg.student, device=device)
     if cfg.grad_checkpointing:
         set_grad_checkpointing(model)
-    suite = load_suite(cfg.suite)
-    if cfg.teacher != "reference":
-        suite.problems = apply_teacher_tools(suite.problems, cfg.teacher)
+    os.makedirs(cfg.out, exist_ok=True)
     if cfg.preset and is_main():
         print(f"preset {cfg.preset} ({'a CUDA device' if cfg.preset == 'gpu' else 'CPU settings'}; "
               f"--preset {'cpu' if cfg.preset == 'gpu' else 'gpu'} for the other); "
@@ -222,7 +233,8 @@ def frozen_reference(run):
 
 
 def finish(run, sft_steps, rl_steps):
-    """The last evaluation, the gains with their CIs, result.json and the curves."""
+    """The last evaluation, the gains with their CIs, OUT/model/ (model.export), result.json
+    and the curves."""
     cfg, evals = run.cfg, run.evals
     result = {"eval_problems": len(run.test_set)}
     if run.test_set:
@@ -232,6 +244,7 @@ def finish(run, sft_steps, rl_steps):
             evals[f"{end['phase']}_{end['step']}"] = evals.pop("end")
         run.evaluate("end", None)
         result.update(evals)
+    policy = unsharded(run.model)                   # every rank: a collective under --fsdp
     if not is_main():
         teardown()
         return result
@@ -245,6 +258,9 @@ def finish(run, sft_steps, rl_steps):
             print(f"RL phase ({run.step} GRPO steps, {run.rollouts} rollouts, {cfg.reward} "
                   f"reward), {where}: "
                   f"{gain(evals['rl_start'], evals['end'])}")
+    if os.path.exists(run.path(CHECKPOINT_FILE)):         # trained: its weights, in memory
+        print(f"the trained student as a standard model folder (transformers, vLLM): "
+              f"{export(cfg.out, run.path(EXPORT_DIR), run.tok, policy)}")
     print(time_spent(run.path("metrics.jsonl"), evals))
     write_json(run.path("result.json"), result)      # replicate.py: the run is done
     plot_training(run.path("metrics.jsonl"), run.path("curves.png"), evals)
@@ -277,15 +293,70 @@ def gain(before, after):
 
 
 # ----------------------------------------------------------------------------
-# The command line: every Config field is a flag
+# The command line: every Config field is a flag, its comment the flag's help
 
 CHOICES = {"method": ["grpo", "sft"], "precision": PRECISIONS, "sft_precision": PRECISIONS,
-           "update_precision": PRECISIONS,
-           "reward": VARIANTS, "advantage": ["grpo", "dr_grpo"]}
+           "update_precision": PRECISIONS, "reward": VARIANTS, "advantage": ["grpo", "dr_grpo"],
+           "preset": ["cpu", "gpu"]}
+AT_LEAST = {1: ("batch_size", "sft_batch_size", "max_sample_batches",
+                "ppo_epochs", "max_turns", "max_new_tokens", "max_total_tokens", "micro_batch",
+                "save_every"),
+            0: ("steps", "warmup_sft_steps", "micro_batch_tokens", "eval_n", "eval_every",
+                "rollout_budget", "eval_rollouts", "kl_coef", "clip_eps", "tis_cap")}
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse whose errors are one line (no usage block), exit status 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def config_error(cfg):
+    """What is wrong with a Config's values, in one line naming the flag (None: nothing)."""
+    def flag(name):
+        return f"--{name.replace('_', '-')} {getattr(cfg, name)}"
+    for low, names in AT_LEAST.items():
+        for name in names:
+            if getattr(cfg, name) < low:
+                return f"{flag(name)}: at least {low}"
+    for name in ("lr", "sft_lr", "temperature"):
+        if not getattr(cfg, name) > 0:
+            return f"{flag(name)}: must be > 0" + (" (rollouts sample from softmax(logits / "
+                                                   "T))" if name == "temperature" else "")
+    if cfg.method == "grpo" and cfg.steps and cfg.group_size < 2:
+        return (f"{flag('group_size')}: GRPO's advantage compares the rollouts of a group "
+                f"(r - group mean); a group of one has advantage 0 and nothing to learn: use 2 "
+                f"or more")
+    per_batch = cfg.batch_size * cfg.group_size
+    if cfg.rollout_budget % per_batch or cfg.eval_rollouts % per_batch:
+        return (f"--rollout-budget {cfg.rollout_budget} and --eval-rollouts {cfg.eval_rollouts} "
+                f"must be multiples of a batch's {per_batch} rollouts (batch x group size)")
+    if cfg.fsdp and cfg.max_sample_batches > 1:
+        return ("--fsdp needs --max-sample-batches 1 (plain GRPO; the gpu preset's): with dynamic "
+                "sampling ranks keep different numbers of groups")
+    return None
+
+
+def field_help(config_class):
+    """{field: the comment beside it in the class's source, continuation lines joined}: the
+    one source of every flag's --help."""
+    helps, last = {}, None
+    for line in inspect.getsource(config_class).splitlines():
+        field = re.match(r"\s+(\w+): [^#]*#\s?(.*)$", line)
+        more = re.match(r"\s+#\s?(.*)$", line)
+        if field:
+            last = field.group(1)
+            helps[last] = field.group(2).strip()
+        elif more and last:
+            helps[last] += " " + more.group(1).strip()
+        else:
+            last = None
+    return helps
 
 
 def suite_name(value):
-    """--suite, checked at parse time: a built-in name, or a .py file that loads (its errors
+    """--suite, checked at parse time: a built-in name, or a suite file that loads (its errors
     name the bad entry before any model loads; a built-in suite loads once, in start)."""
     if value in BUILTIN_SUITES:
         return value
@@ -296,23 +367,70 @@ def suite_name(value):
     return value
 
 
-def parse_args(config_class, presets, argv=None, description=None):
-    """-> config_class(defaults, then --preset's values, then the flags given). Booleans are
-    switches; 0 is a value; --preset defaults to gpu where CUDA is, else cpu."""
-    ap = argparse.ArgumentParser(description=description)
-    defaults = config_class()
-    choices = {**CHOICES, "preset": list(presets)}
-    for name, value in asdict(defaults).items():
+def teacher_file(value):
+    """--teacher, checked at parse time: the offline solver, or a trajectory file that reads."""
+    if value == "reference":
+        return value
+    if not os.path.isfile(value):
+        raise argparse.ArgumentTypeError(f"no trajectory file {value} (teacher.py writes one; "
+                                         f"'reference' is the offline solver)")
+    try:
+        read_cache(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return value
+
+
+def main(train, parse_args):
+    """train.py's command: parse, train; a model or suite that is not there ends in one line."""
+    try:
+        train(parse_args())
+    except (ModelNotAvailable, SuiteError) as e:
+        sys.exit(str(e))
+
+
+def parse_args(config_class, gpu_preset, argv=None, description=None, choices=None):
+    """-> config_class(its defaults (the cpu preset), then --preset gpu's values where chosen,
+    then a --config file's, then the flags given), checked (config_error). Booleans are
+    switches; 0 is a value; --preset defaults to gpu where CUDA is, else cpu. --help shows
+    the value a plain run takes here, and the other preset's where it differs."""
+    here = "gpu" if torch.cuda.is_available() else "cpu"
+    ap = Parser(description=description)
+    ap.add_argument("--config", metavar="RUN.json", help="replay a run: the settings in its "
+                    "run.json (the flags given still win)")
+    defaults, helps = asdict(config_class()), field_help(config_class)
+    presets = {"cpu": {}, "gpu": gpu_preset}
+    for name, value in defaults.items():
         flag = "--" + name.replace("_", "-")
+        shown = {p: presets[p].get(name, value) if name != "preset" else here for p in presets}
+        text = helps.get(name, "") + f" (default: {shown[here]}" + "".join(
+            f"; --preset {p}: {v}" for p, v in shown.items() if p != here and v != shown[here])
+        text = (text + ")").replace("%", "%%")
         if isinstance(value, bool):
-            ap.add_argument(flag, action="store_true", default=None)
+            ap.add_argument(flag, action="store_true", default=None, help=text)
         else:
-            kind = suite_name if name == "suite" else type(value) if value is not None else str
-            ap.add_argument(flag, type=kind, default=None, choices=choices.get(name))
+            kind = {"suite": suite_name, "teacher": teacher_file}.get(name) or \
+                (type(value) if value is not None else str)
+            ap.add_argument(flag, type=kind, default=None, help=text,
+                            choices={**CHOICES, **(choices or {})}.get(name))
     args = ap.parse_args(argv)
     given = {k: v for k, v in vars(args).items() if v is not None}   # 0 is a value
-    preset = given.pop("preset", None) or ("gpu" if torch.cuda.is_available() else "cpu")
-    return config_class(**{**asdict(defaults), **presets[preset], **given, "preset": preset})
+    replay = {}
+    if given.get("config"):
+        try:
+            with open(given.pop("config")) as f:
+                replay = {k: v for k, v in json.load(f).items() if k in defaults and k != "resume"}
+        except (OSError, ValueError) as e:
+            ap.error(f"--config: {e}")
+    given.pop("config", None)
+    preset = given.pop("preset", None) or replay.pop("preset", None) or here
+    fields = {**{k: v for k, v in defaults.items() if k != "warmup_sft_steps"},
+              **presets[preset], **replay, **given, "preset": preset}
+    cfg = config_class(**fields)
+    problem = config_error(cfg)
+    if problem:
+        ap.error(problem)
+    return cfg
 
 
 # ----------------------------------------------------------------------------

@@ -16,7 +16,9 @@ and two optional ones:
     MAX_TURNS                       assistant turns per rollout (BFCL: 1)
 
 `load_suite("math")` loads the built-in suites/math.py; `load_suite("path/to/my_suite.py")`
-loads yours, and works everywhere a built-in name does (--suite).
+loads yours, and works everywhere a built-in name does (--suite). Problems may also live in a
+JSONL file, one problem a line, beside a .py of the same name that holds TOOLS:
+`load_suite("path/to/my_suite.jsonl")` reads both.
 
 Answers: the last \\boxed{...} of a response is its answer. Numbers compare as
 numbers (3 = 3.0 = 3.00, 1/2 = 0.5, "$1,200" = 1200) and a gold written with d
@@ -26,7 +28,6 @@ extra spaces.
 """
 import hashlib
 import importlib
-import importlib.util
 import os
 import random
 import re
@@ -35,6 +36,7 @@ from dataclasses import dataclass, field
 
 from transformers.utils import get_json_schema
 
+from suites import SuiteError, suite_file
 from tools import parse_tool_calls
 
 SUITES_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "suites")
@@ -97,26 +99,19 @@ def unique_problems(make_problem, n, seed):
     return out
 
 
-class SuiteError(ValueError):
-    """A suite module that does not follow the format; the message says where."""
-
-
 def load_suite(name_or_path):
+    """A built-in suite's name, a suite .py file, or a problems .jsonl beside its tools .py
+    -> Suite; a file that does not load raises SuiteError naming the file (and line)."""
     if name_or_path in BUILTIN_SUITES:
         try:
             module = importlib.import_module("suites." + name_or_path)
         except FileNotFoundError as e:     # a suite whose data is not installed (BFCL's wheel)
             raise SuiteError(f"suite {name_or_path}: {e}") from None
-    elif name_or_path.endswith(".py"):
-        if not os.path.isfile(name_or_path):
-            raise SuiteError(f"suite file not found: {name_or_path}")
-        spec = importlib.util.spec_from_file_location(
-            "suite_" + os.path.basename(name_or_path)[:-3], name_or_path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
+    elif name_or_path.endswith((".py", ".jsonl")):
+        module = suite_file(name_or_path)                # suites/__init__.py
     else:
         raise SuiteError(f"unknown suite '{name_or_path}': use one of "
-                         f"{BUILTIN_SUITES} or a path to a .py file")
+                         f"{BUILTIN_SUITES}, a suite .py file or a problems .jsonl")
     return suite_from_module(name_or_path, module)
 
 

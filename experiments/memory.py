@@ -181,7 +181,8 @@ def one_step(shape, rows, T, grad_checkpointing):
     prompt = list(range(10, 10 + PREFIX_TOKENS))
     seqs = [(prompt + [5 + r], list(range(100 + r, 100 + r + T)), [1] * T, [0.0] * T)
             for r in range(rows)]
-    cfg = train.Config(micro_batch=16, micro_batch_tokens=rows * T, kl_coef=0.0)
+    cfg = train.Config(micro_batch=16, micro_batch_tokens=rows * T, kl_coef=0.0,
+                       precision="auto")                 # the gpu preset's
     adv = torch.tensor([1.0, -1.0] * (rows // 2))
     t0 = time.time()
     train.policy_update(model, None, opt, 0, seqs, adv, cfg)

@@ -56,17 +56,18 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from evaluate import evaluate_model, paired_bootstrap_ci, plot  # noqa: E402
 from runs import write_json  # noqa: E402
-from train import PRESETS as TRAIN_PRESETS, Config, train  # noqa: E402
+from train import GPU_PRESET, Config, train  # noqa: E402
 
 # eval_limit: problems per suite, the first ones (BFCL: n/5 per category; None: all). The cpu
-# preset trains with train.py's cpu preset (that of `make train`: dynamic sampling, up to 4
-# batches of questions a step for both RL methods; without it GRPO lowered accuracy on AVX2,
-# results/rl-log.md section 6) but Config's 10 RL steps, not make train's 15: the same warm start
-# length and the same number of optimizer steps for every method.
+# preset trains with train.py's defaults (the cpu preset, `make train`'s: dynamic sampling, up to
+# 4 batches of questions a step for both RL methods; without it GRPO lowered accuracy on AVX2,
+# results/rl-log.md section 6) but RL_STEPS = 10 RL steps, not make train's 15: the same warm
+# start length and the same number of optimizer steps for every method, as the tables were made.
+RL_STEPS = 10
 SUITES = ["math", "retrieval", "bfcl", "shop", "dates", "lookup"]
 IN_DOMAIN = ("math",)          # trained on: scored on its test split; the others on everything
 PRESETS = {
-    "cpu": dict(student="SmolLM2-135M", warm_steps=Config.warmup_sft_steps, rl_steps=Config.steps,
+    "cpu": dict(student="SmolLM2-135M", warm_steps=Config().warmup_sft_steps, rl_steps=RL_STEPS,
                 eval_limit={"math": 200, "retrieval": None, "bfcl": 100, "shop": None,
                             "dates": None, "lookup": None}, out="runs/replicate-cpu",
                 report="results/replicate-cpu"),
@@ -81,7 +82,7 @@ PRESETS = {
     # method trains 10 steps on math itself from it, SFT included, so all three share the warm
     # start. units joins the suites: the one a student that reads its tool list can reach.
     "cpu-aliases": dict(student="SmolLM2-135M", warm_steps=30,
-                        rl_steps=Config.steps, warm_suite="experiments/suite_math_aliases.py",
+                        rl_steps=RL_STEPS, warm_suite="experiments/suite_math_aliases.py",
                         sft_from_warm=True, suites=SUITES + ["units"],
                         eval_limit={"math": 200, "retrieval": None, "bfcl": 100, "shop": None,
                                     "dates": None, "lookup": None, "units": None},
@@ -467,9 +468,9 @@ def main(argv=None):
     os.makedirs(root, exist_ok=True)
     t0 = time.time()
     # eval_n=0: train.py skips its own before/after check; every model is evaluated below
-    # train.py's preset of the same name (smoke: cpu) gives lr, token limits and micro-batch
+    # train.py's defaults (its cpu preset), or its gpu preset, give lr, token limits, precision
     preset = "gpu" if args.preset == "gpu" else "cpu"
-    common = {**{k: v for k, v in TRAIN_PRESETS[preset].items()
+    common = {**{k: v for k, v in (GPU_PRESET if preset == "gpu" else {}).items()
                  if k not in ("steps", "warmup_sft_steps", "eval_n")}, "preset": preset,
               "student": p["student"], "eval_n": 0, **{k: p[k] for k in TRAIN_KEYS if k in p}}
     cfg = Config(**common)

@@ -4,6 +4,9 @@ import sys
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# CI has no network: nothing here may ask the real hub (a test that needs a hub points
+# HF_ENDPOINT at a closed loopback port). Set before huggingface_hub reads it, at import.
+os.environ["HF_HUB_OFFLINE"] = "1"
 
 
 @pytest.fixture(scope="session")

@@ -3,6 +3,7 @@ import copy
 import math
 
 import pytest
+import torch
 
 from suites import bfcl
 from evaluate import evaluate_suite, jsd, tool_distribution
@@ -156,6 +157,7 @@ def test_limit_per_suite(monkeypatch):
     import evaluate
     seen = {}
     monkeypatch.setattr(evaluate, "load_model", lambda name, device=None, dtype=None: (None, None))
+    monkeypatch.setattr(evaluate, "rollout_weights", lambda model, dtype: model)
 
     def fake_suite(model, tok, name, limit=None, **kw):
         seen[name] = limit
@@ -225,22 +227,25 @@ def test_rollout_metrics_hallucination_counts_tools_shown_to_that_problem():
 
 def test_generation_limits_come_from_the_run_folder(tmp_path, monkeypatch):
     """A GPU run trains at 512 / 1536 tokens: evaluating its folder with 128 / 384 would cut it
-    short. Limits not given come from its run.json; given ones win; a plain model gets the
-    defaults."""
+    short. Limits and precision not given come from its run.json; given ones win; a plain
+    model gets the defaults."""
     import json as json_
     import evaluate
     (tmp_path / "run.json").write_text(json_.dumps(
-        {"suite": "math", "max_turns": 5, "max_new_tokens": 512, "max_total_tokens": 1536}))
+        {"suite": "math", "max_turns": 5, "max_new_tokens": 512, "max_total_tokens": 1536,
+         "precision": "bf16"}))
     assert evaluate.generation_limits(str(tmp_path)) == {
-        "max_turns": 5, "max_new_tokens": 512, "max_total_tokens": 1536}
+        "max_turns": 5, "max_new_tokens": 512, "max_total_tokens": 1536, "precision": "bf16"}
     assert evaluate.generation_limits("SmolLM2-135M") == evaluate.GENERATION_DEFAULTS
-    seen = {}
+    seen, dtypes = {}, []
     monkeypatch.setattr(evaluate, "load_model", lambda *a, **k: (None, None))
+    monkeypatch.setattr(evaluate, "rollout_weights", lambda m, dtype: dtypes.append(dtype))
     monkeypatch.setattr(evaluate, "evaluate_suite", lambda model, tok, s, **kw: (
         seen.update(kw) or {}, []))
     evaluate.evaluate_model(str(tmp_path), ["math"], max_new_tokens=None, max_total_tokens=100,
                             max_turns=None)
     assert (seen["max_new_tokens"], seen["max_total_tokens"], seen["max_turns"]) == (512, 100, 5)
+    assert dtypes == [torch.bfloat16] and "precision" not in seen
 
 
 def test_paired_bootstrap_jsd_by_hand():

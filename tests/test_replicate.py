@@ -61,7 +61,7 @@ def test_replicate_evaluates_each_run_before_training_the_next(tmp_path, monkeyp
 
     def fake_train(kwargs):
         events.append(("train", os.path.basename(kwargs["out"]), (report / "table.md").exists()))
-        precisions.add(kwargs["precision"])
+        precisions.add(replicate.Config(**kwargs).precision)
         os.makedirs(kwargs["out"], exist_ok=True)
         (tmp_path / "runs" / os.path.basename(kwargs["out"]) / "metrics.jsonl").write_text("{}\n")
         (tmp_path / "runs" / os.path.basename(kwargs["out"]) / "result.json").write_text("{}")

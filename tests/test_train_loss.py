@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from engine import SharedPrefix, pack, sequence_logprobs, shared_prefix_ids
-from train import (batch_share, group_advantages, grpo_loss, kl_k3, masked_mean, sft_loss,
-                   tis_weights)
+from engine import logprobs_from_logits
+from train import aggregate, group_advantages, grpo_loss, kl_k3, tis_weights
 
 
 def test_group_advantages_by_hand():
@@ -44,30 +44,80 @@ def test_clipped_loss_by_hand():
     logp = torch.tensor([[math.log(1.5), math.log(0.9)], [math.log(0.5), 0.0]])
     adv = torch.tensor([1.0, -2.0])
     mask = torch.tensor([[1.0, 1.0], [1.0, 0.0]])
-    loss, m = grpo_loss(logp, old, None, adv, mask, clip_eps=0.2, kl_coef=0.0)
+    per_token, m = grpo_loss(logp, old, None, adv, clip_eps=0.2, kl_coef=0.0)
     # row 0: ratio 1.5 -> min(1.5, 1.2) * 1 = 1.2 ; ratio 0.9 -> min(0.9, 0.9) = 0.9
     # row 1: ratio 0.5, A = -2 -> min(-1.0, 0.8 * -2 = -1.6) = -1.6
     expected = -(1.2 + 0.9 - 1.6) / 3
-    assert loss.item() == pytest.approx(expected, rel=1e-6)
-    assert m["clip_frac"] == pytest.approx(2 / 3)  # 1.5 and 0.5 are outside [0.8, 1.2]
+    assert aggregate(per_token, mask).item() == pytest.approx(expected, rel=1e-6)
+    assert aggregate(m["clip_frac"], mask).item() == pytest.approx(2 / 3)   # 1.5 and 0.5 clip
 
 
 def test_kl_term_adds_to_loss():
     logp = torch.zeros(1, 2)
     ref = torch.log(torch.tensor([[0.5, 1.0]]))
     mask = torch.ones(1, 2)
-    loss, m = grpo_loss(logp, logp, ref, torch.zeros(1), mask, kl_coef=0.1)
+    per_token, m = grpo_loss(logp, logp, ref, torch.zeros(1), kl_coef=0.1)
     d = math.log(0.5)
-    assert m["kl"] == pytest.approx((math.exp(d) - d - 1) / 2)
-    assert loss.item() == pytest.approx(0.1 * m["kl"])
+    kl = aggregate(m["kl"], mask).item()
+    assert kl == pytest.approx((math.exp(d) - d - 1) / 2)
+    assert aggregate(per_token, mask).item() == pytest.approx(0.1 * kl)
 
 
-def test_masked_mean_and_sft_loss():
-    x = torch.tensor([[1.0, 2.0, 100.0]])
-    mask = torch.tensor([[1.0, 1.0, 0.0]])
-    assert masked_mean(x, mask).item() == 1.5
-    assert sft_loss(-x, mask).item() == 1.5
-    assert masked_mean(x, torch.zeros_like(x)).item() == 0.0
+# Two rollouts of 3 and 1 generated tokens (the second padded): per-token values x, by hand
+X = torch.tensor([[1.0, 2.0, 6.0], [4.0, 100.0, 100.0]])
+MASK = torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0]])
+
+
+def test_aggregation_modes_by_hand():
+    """token_mean (1 + 2 + 6 + 4) / 4 = 3.25; seq_mean_token_mean (3 + 4) / 2 = 3.5;
+    seq_mean_token_sum_norm (9 + 4) / (2 rows x horizon 4) = 1.625; padding never counts."""
+    assert aggregate(X, MASK, "token_mean").item() == 3.25
+    assert aggregate(X, MASK, "seq_mean_token_mean").item() == 3.5
+    assert aggregate(X, MASK, "seq_mean_token_sum_norm", horizon=4).item() == 1.625
+    assert aggregate(X, torch.zeros_like(MASK)).item() == 0.0
+
+
+@pytest.mark.parametrize("mode", ["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"])
+def test_aggregation_parts_add_up_over_micro_batches_and_ranks(mode):
+    """Four rows split as two ranks of two micro-batches of one row each: each part normalised
+    by the whole batch's counts (n_tokens, n_seqs: what all_sum gives), the parts sum to the
+    whole batch's value, also for a micro-batch that is empty (mask 0, under --fsdp)."""
+    x = torch.cat([X, X.flip(1)])                                        # (4, 3)
+    mask = torch.cat([MASK, torch.tensor([[0.0, 1.0, 1.0], [1.0, 1.0, 1.0]])])
+    whole = aggregate(x, mask, mode, horizon=4)
+    counts = dict(n_tokens=mask.sum(), n_seqs=4, horizon=4)
+    ranks = [[0, 1], [2, 3]]
+    parts = [aggregate(x[[i]], mask[[i]], mode, **counts) for rank in ranks for i in rank]
+    parts.append(aggregate(x[[0]], torch.zeros(1, 3), mode, **counts))  # an empty pass
+    assert sum(parts).item() == pytest.approx(whole.item(), rel=1e-6)
+
+
+def test_sampled_tokens_carry_their_log_prob_at_the_sampling_temperature():
+    """_sample's recorded log-prob is log softmax(z / T) of the token it drew, at T = 0.6, for
+    each token of a 3-token vocabulary (not log softmax(z), the temperature-1 bug)."""
+    from engine import _sample
+    torch.manual_seed(0)
+    z = torch.tensor([[2.0, 1.0, -1.0]]).expand(300, -1)
+    ids, lp = _sample(z, 0.6)
+    expected = torch.log_softmax(z[0] / 0.6, -1)
+    assert set(ids.tolist()) == {0, 1, 2}
+    assert torch.allclose(lp, expected[ids], atol=1e-6)
+    assert not torch.allclose(lp, torch.log_softmax(z[0], -1)[ids], atol=1e-2)
+    ids, lp = _sample(z, 1.0)
+    assert torch.allclose(lp, torch.log_softmax(z[0], -1)[ids], atol=1e-6)
+
+
+def test_one_token_gradient_is_the_policy_gradient_at_the_sampling_temperature():
+    """d loss / d logits for one token with advantage A at T = 0.6, ratio 1 (one epoch), no KL:
+    -(A / T) * (onehot - softmax(z / T)), the gradient of the policy that sampled."""
+    z = torch.tensor([[2.0, 1.0, -1.0]], requires_grad=True)
+    A, T, token = 1.5, 0.6, torch.tensor([1])
+    logp = logprobs_from_logits(z, token, T)[None]                       # (1, 1)
+    per_token, _ = grpo_loss(logp, logp.detach(), None, torch.tensor([A]), kl_coef=0.0)
+    aggregate(per_token, torch.ones(1, 1)).backward()
+    onehot = torch.tensor([[0.0, 1.0, 0.0]])
+    expected = -(A / T) * (onehot - torch.softmax(z.detach() / T, -1))
+    assert torch.allclose(z.grad, expected, atol=1e-6)
 
 
 def _batch(tiny_model):
@@ -83,8 +133,8 @@ def test_equal_rewards_give_zero_policy_gradient(tiny_model):
     prefix, tokens, attn, mask = _batch(tiny_model)
     logp = sequence_logprobs(tiny_model, prefix, tokens, attn)
     adv = group_advantages(torch.tensor([[0.3, 0.3]])).flatten()
-    loss, _ = grpo_loss(logp, logp.detach(), None, adv, mask, kl_coef=0.0)
-    loss.backward()
+    per_token, _ = grpo_loss(logp, logp.detach(), None, adv, kl_coef=0.0)
+    aggregate(per_token, mask).backward()
     assert all(p.grad is None or torch.count_nonzero(p.grad) == 0 for p in tiny_model.parameters())
 
 
@@ -98,13 +148,13 @@ def test_masked_tokens_get_no_gradient(tiny_model):
     for scale_masked in (1.0, 1000.0):
         w = torch.where(mask.bool(), weights, weights * scale_masked)
         tiny_model.zero_grad()
-        (masked_mean(logp * w, mask)).backward(retain_graph=True)
+        aggregate(logp * w, mask).backward(retain_graph=True)
         grads.append(torch.cat([p.grad.flatten() for p in tiny_model.parameters()]))
     assert torch.allclose(grads[0], grads[1])
     # and the loss itself ignores them: per-token gradient is zero where mask == 0
     lp = logp.detach().requires_grad_(True)
-    loss, _ = grpo_loss(lp, lp.detach(), lp.detach() - 0.1, torch.tensor([1.0, -1.0]), mask)
-    loss.backward()
+    per_token, _ = grpo_loss(lp, lp.detach(), lp.detach() - 0.1, torch.tensor([1.0, -1.0]))
+    aggregate(per_token, mask).backward()
     assert torch.equal(lp.grad[mask == 0], torch.zeros(int((mask == 0).sum())))
     assert torch.all(lp.grad[mask == 1] != 0)
 
@@ -171,8 +221,11 @@ def test_backward_seam_gives_the_token_mean_gradient_of_a_plain_forward(tiny_mod
     tiny_model.zero_grad()
     batch = make_batch(seqs, 1, 0, "cpu")
     assert len(batch.micro) == 2 and batch.n_tokens == 5 and len(batch.prefix_ids) == 4
-    m = backward(tiny_model, batch, lambda k, mb, logp: batch_share(
-        sft_loss(logp, mb.mask), {}, mb.mask, batch.n_tokens), torch.float32)
+
+    def loss_fn(k, mb, logp):
+        loss = aggregate(-logp, mb.mask, "token_mean", batch.n_tokens)
+        return loss, {"loss": loss.item()}
+    m = backward(tiny_model, batch, loss_fn, torch.float32)
     assert m["loss"] == pytest.approx(plain.item(), abs=1e-6)
     for g, p in zip(expected, tiny_model.parameters()):
         assert torch.allclose(g, p.grad, atol=1e-5)
@@ -188,8 +241,8 @@ def test_truncated_importance_weights_by_hand():
     assert torch.allclose(w, torch.tensor([[1.5, 0.5]]))
     for weights, loss_value, grad in ((w, -1.0, [-0.75, -0.25]), (None, -1.0, [-0.5, -0.5])):
         logp = old.clone().requires_grad_(True)
-        loss, _ = grpo_loss(logp, old, None, torch.ones(1), torch.ones(1, 2), kl_coef=0.0,
-                            is_weights=weights)
+        per_token, _ = grpo_loss(logp, old, None, torch.ones(1), kl_coef=0.0, is_weights=weights)
+        loss = aggregate(per_token, torch.ones(1, 2))
         loss.backward()
         assert abs(loss.item() - loss_value) < 1e-6
         assert torch.allclose(logp.grad, torch.tensor([grad]))
