@@ -33,6 +33,6 @@ test: .venv/ready
 	touch $@
 
 bench: .venv-bench/ready
-	.venv-bench/bin/python bench.py --prompt short --reps 2 --out results/bench_short.json
+	.venv-bench/bin/python bench.py --prompt short --reps 2 --out results/bench/short.json
 
 .PHONY: bench

@@ -61,7 +61,7 @@ from train import GPU_PRESET, Config, train  # noqa: E402
 # eval_limit: problems per suite, the first ones (BFCL: n/5 per category; None: all). The cpu
 # preset trains with train.py's defaults (the cpu preset, `make train`'s: dynamic sampling, up to
 # 4 batches of questions a step for both RL methods; without it GRPO lowered accuracy on AVX2,
-# results/rl-log.md section 6) but RL_STEPS = 10 RL steps, not make train's 15: the same warm
+# results/rl-probes/REPORT.md section 6) but RL_STEPS = 10 RL steps, not make train's 15: the same warm
 # start length and the same number of optimizer steps for every method, as the tables were made.
 RL_STEPS = 10
 SUITES = ["math", "retrieval", "bfcl", "shop", "dates", "lookup"]

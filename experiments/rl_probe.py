@@ -6,7 +6,7 @@ of one setting, in minutes rather than a whole replication.
 
 The JSON holds train.Config fields; the probe evaluates greedily on the first eval_n math test
 problems at step 0 and every `every` steps, printing the paired bootstrap CI of the change.
-One line per GRPO step and per evaluation goes to the output JSONL (results/rl-log.md).
+One line per GRPO step and per evaluation goes to the output JSONL (results/rl-probes/REPORT.md).
 BEFORE.json, an experiments/paired_eval.py output whose "before" is the same init evaluated on
 the same eval_n problems, stands in for the step-0 evaluation (greedy, so it would be the same).
 Dr. GRPO's advantage (r - group mean, without the division by the group's std, which leaves

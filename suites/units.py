@@ -7,9 +7,9 @@ kilometers?" -> kilometers_to_miles); the factors live inside the tools and the
 results are rounded to 2 decimals, so the answer cannot be recited. It is the
 easiest out-of-domain suite: what it asks of a student is to read the tool list and
 pick the tool that fits, nothing more. A student warm-started on plain math scored
-0.000 on it (n=200, results/warm-start-ood-units.json: it calls the math tools it
+0.000 on it (n=200, results/warm-start-ood-units.json at 8fe6bfd: it calls the math tools it
 learnt by name); one warm-started on math under per-problem tool names scored
-0.410 and 0.335 (two seeds, results/alias-warm-start/).
+0.410 and 0.335 (two seeds, results/alias-warm-start/ at 8fe6bfd).
 Each problem carries `solution`, the call that computes its answer.
 """
 import math

@@ -39,7 +39,7 @@ def test_relative_links_resolve(doc):
 
 
 def test_cited_md_files_exist():
-    """A name like docs/paper.md or results/rl-log.md in the text or the code is a real file."""
+    """A name like docs/paper.md or results/rl-probes/REPORT.md in the text or the code is a real file."""
     sources = DOCS + sorted(glob.glob("*.py", root_dir=ROOT)) + \
         sorted(glob.glob("tests/*.py", root_dir=ROOT)) + \
         sorted(glob.glob("experiments/*.py", root_dir=ROOT))
@@ -65,12 +65,18 @@ def test_readme_reading_order_counts_are_current():
     assert counts["total"] == sum(counts[f] for f in files) <= 900
 
 
-def test_readme_lists_every_train_flag():
-    """The README's flags paragraph names every train.py flag (one per Config field)."""
-    from train import Config                # here, not at the top: the other tests need no torch
+def test_readme_trl_table_matches_the_config():
+    """The README's table of TRL names: each flag in it is a train.py flag, and each TRL name a
+    Config comment gives ([TRL: x], the --help text) is in the table (they went stale before)."""
+    from runs import field_help              # here, not at the top: the other tests need no torch
+    from train import Config
     text = open(os.path.join(ROOT, "README.md")).read()
-    start = text.index("Flags (`python train.py --help`)")
-    paragraph = text[start:text.index("\n\n", start)]
-    missing = [f.name for f in dataclasses.fields(Config)
-               if "`--" + f.name.replace("_", "-") not in paragraph]
-    assert not missing, missing
+    start = text.index("| ours (train.py) | TRL GRPOConfig |")
+    table = text[start:text.index("\n\n", start)]
+    flags = {f"--{f.name.replace('_', '-')}" for f in dataclasses.fields(Config)}
+    named = set(re.findall(r"`(--[a-z-]+)", table))
+    assert named and named <= flags, named - flags
+    for name, help_text in field_help(Config).items():
+        for trl in re.findall(r"\[TRL: ([^\]]+)\]", help_text):
+            for word in re.findall(r"[a-z_]{3,}", trl.split('"')[0]):
+                assert word in table, (name, word)

@@ -1,3 +1,5 @@
+import json
+
 import pytest
 
 from tasks import SuiteError, answers_match, extract_boxed, load_suite, parse_number
@@ -81,3 +83,24 @@ def test_bad_suites_name_the_problem(tmp_path):
         load_suite(str(tmp_path / "missing.py"))
     with pytest.raises(SuiteError, match="unknown suite"):
         load_suite("chess")
+
+
+def test_a_problems_jsonl_beside_its_tools_file_is_a_suite(tmp_path):
+    """--suite my_suite.jsonl: the problems one a line, TOOLS from my_suite.py beside it; a bad
+    line is one SuiteError naming it."""
+    (tmp_path / "my_suite.py").write_text(
+        "def add(a: int, b: int) -> int:\n    \"\"\"Add.\n\n    Args:\n        a: One.\n"
+        "        b: Two.\n    \"\"\"\n    return a + b\n\nTOOLS = [add]\n")
+    rows = [{"question": f"{a} + 1?", "answer": str(a + 1), "teacher_tools": ["add"]}
+            for a in range(5)]
+    path = tmp_path / "my_suite.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    suite = load_suite(str(path))
+    assert [p["question"] for p in suite.problems] == [r["question"] for r in rows]
+    assert set(suite.tools) == {"add"}
+    path.write_text(json.dumps(rows[0]) + "\n{not json\n")
+    with pytest.raises(SuiteError, match="line 2"):
+        load_suite(str(path))
+    (tmp_path / "my_suite.py").unlink()
+    with pytest.raises(SuiteError, match="my_suite.py"):
+        load_suite(str(path))

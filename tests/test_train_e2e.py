@@ -339,3 +339,29 @@ def test_evaluations_along_grpo_print_the_rl_phase_so_far(tmp_path, monkeypatch,
     # 0.25 -> 1.00 on the same 4 problems: +0.750; the CI's low end is above 0
     assert said[1].startswith("RL phase so far: 0.250 -> 1.000 (+0.750, 95% CI [+")
     assert said[1].endswith("paired bootstrap, n=4)") and len(said) == 2
+
+
+def test_the_readme_suite_example_trains_as_written(tmp_path):
+    """The README's bring-your-own-suite example, copied out as it stands, trains with the
+    default (offline reference) teacher, which replays its solutions, and is evaluated."""
+    import re
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    text = open(os.path.join(root, "README.md")).read()
+    section = text[text.index("## Bring your own suite"):]
+    (tmp_path / "my_suite.py").write_text(re.search(r"```python\n(.*?)```", section, re.S).group(1))
+    result = train.train(Config(**dict(TINY, eval_n=4), suite=str(tmp_path / "my_suite.py"),
+                                warmup_sft_steps=1, steps=1, out=str(tmp_path / "run")))
+    assert len(result["end"]["correct"]) == 4
+    assert [r["phase"] for r in metrics(str(tmp_path / "run"))] == ["sft", "grpo"]
+
+
+def test_an_evaluation_shows_its_progress_and_redraws_the_curves(tmp_path, capfd):
+    """A run's first evaluation (before any step) prints a progress bar of problems done, with
+    a rate and time left, and writes curves.png at once, not only when the run ends."""
+    out = str(tmp_path / "progress")
+    run = runs.start(Config(**dict(TINY, eval_n=3), out=out), "sft", 1e-4)
+    capfd.readouterr()
+    run.evaluate("start", "start")
+    err = capfd.readouterr().err
+    assert "evaluating math" in err and "/3 [" in err and "problem" in err, err[-300:]
+    assert os.path.getsize(os.path.join(out, "curves.png")) > 1000
