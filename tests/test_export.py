@@ -48,6 +48,10 @@ def test_a_finished_run_writes_a_standard_model_folder(run):
             "generation_config.json", "run.json"} <= set(os.listdir(folder))
     assert "chat_template" in open(os.path.join(folder, "tokenizer_config.json")).read() or \
         os.path.exists(os.path.join(folder, "chat_template.jinja"))
+    umask = os.umask(0)
+    os.umask(umask)                  # readable by whoever serves it, as any file written here
+    assert all(os.stat(os.path.join(folder, f)).st_mode & 0o777 == 0o666 & ~umask
+               for f in os.listdir(folder))
 
 
 def test_plain_transformers_loads_it_with_the_same_logits_and_prompts(run, tmp_path):
